@@ -1,0 +1,64 @@
+"""Pieces every dialect shares: body decoding, ids, data-URI images, the server-tools fields."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+import time
+from typing import TypeVar
+
+import msgspec
+
+from runtime.errors import InvalidRequest
+from runtime.ir import ImagePart, ServerTools
+
+T = TypeVar("T")
+
+
+def decode_body(body: bytes, wire_type: type[T]) -> T:
+    """Decode a JSON body into a wire struct; every failure is a 400 naming the problem."""
+    if not body.strip():
+        raise InvalidRequest("the request body is empty; expected a JSON object")
+    try:
+        return msgspec.json.decode(body, type=wire_type)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"invalid request: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{secrets.token_hex(12)}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def image_from_url(url: str, *, param: str) -> ImagePart:
+    """A `data:` URI becomes inline bytes; an http(s) URL is kept for the fetcher."""
+    if url.startswith("data:"):
+        header, sep, payload = url.partition(",")
+        if not sep or ";base64" not in header:
+            raise InvalidRequest("image data URIs must be base64 (data:<type>;base64,...)", param=param)
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRequest(f"the image data URI is not valid base64: {exc}", param=param) from exc
+        return ImagePart(data=data, media_type=header[5:].split(";")[0] or None)
+    if url.startswith(("http://", "https://")):
+        return ImagePart(url=url)
+    raise InvalidRequest("image URLs must be http(s) or data: URIs", param=param)
+
+
+def server_tools(
+    enable: bool | None, names: list[str] | None, session_id: str | None, max_calls: int | None
+) -> ServerTools:
+    """The toolstudio extension fields, identical in every dialect."""
+    return ServerTools(
+        enabled=bool(enable),
+        names=list(names or []),
+        session_id=session_id,
+        max_iterations=max_calls,
+    )

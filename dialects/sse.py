@@ -1,0 +1,41 @@
+"""Small helpers shared by the dialects' SSE renderers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import msgspec
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def json_data(body: Any) -> str:
+    return _encoder.encode(body).decode()
+
+
+async def primed(events: AsyncIterator[T]) -> AsyncIterator[T]:
+    """Pull the first item before any header is sent, so request errors (context too long,
+    a bad grammar, a full queue) still become a proper 4xx instead of a broken stream."""
+    try:
+        first = await anext(events)
+    except StopAsyncIteration:
+        first = None
+        empty = True
+    else:
+        empty = False
+
+    async def chained() -> AsyncIterator[T]:
+        try:
+            if not empty:
+                yield first  # type: ignore[misc]
+                async for item in events:
+                    yield item
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    return chained()

@@ -1,0 +1,162 @@
+"""`toolstudio run` and `toolstudio keys create|list|revoke`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from runtime.config import EngineConfig, SamplingDefaults, ServerConfig, default_data_dir
+from runtime.keys import KeyStore, KeyStoreError
+from runtime.model_source import ModelSourceError, check_gguf, model_id_for, resolve_model
+
+log = logging.getLogger("toolstudio")
+
+
+def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = sub.add_parser("run", help="start the API server")
+    run.add_argument("--model", "-m", help="a .gguf path or owner/repo[:quant] (default: embedded SmolLM2-135M)")
+    run.add_argument("--alias", action="append", default=[], help="another name for the model (repeatable)")
+    run.add_argument("-c", "--ctx-size", type=int, default=4096, help="context window per request (tokens)")
+    run.add_argument("--threads", type=int, default=None, help="CPU threads for decoding (default: all cores)")
+    run.add_argument("--parallel", "-np", type=int, default=4, help="requests decoded together (slots)")
+    run.add_argument("--max-queue", type=int, default=64, help="requests allowed to wait for a slot")
+    run.add_argument("--reasoning", choices=["on", "off", "auto"], default="auto")
+    run.add_argument("--temp", "--temperature", dest="temperature", type=float, default=0.8)
+    run.add_argument("--top-p", type=float, default=0.95)
+    run.add_argument("--top-k", type=int, default=40)
+    run.add_argument("--min-p", type=float, default=0.05)
+    run.add_argument("--repeat-penalty", type=float, default=1.0)
+    run.add_argument("-p", "--port", type=int, default=8888)
+    run.add_argument("-H", "--host", default="127.0.0.1")
+    _common(run)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="keys and state (env TOOLSTUDIO_HOME, default ~/.toolstudio)"
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toolstudio", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it (only the key)")
+    create.add_argument("--name", default=None)
+    _common(create)
+    _common(keys_sub.add_parser("list", help="list keys (never the secret)"))
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by name or prefix")
+    revoke.add_argument("name_or_prefix")
+    _common(revoke)
+    return parser
+
+
+def fail(message: str) -> int:
+    print(f"toolstudio: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _keys(args: argparse.Namespace, data_dir: Path) -> int:
+    store = KeyStore(data_dir / "keys.sqlite3")
+    try:
+        if args.keys_command == "create":
+            _, key = store.create(args.name)
+            print(key)
+        elif args.keys_command == "list":
+            print(f"{'NAME':<20} {'PREFIX':<22} {'CREATED':<20} {'LAST USED':<20} STATUS")
+            stamp = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M") if t else "-"  # noqa: E731
+            for r in store.list():
+                status = "revoked" if r.revoked else "active"
+                print(f"{r.name:<20} {r.prefix + '…':<22} {stamp(r.created):<20} {stamp(r.last_used):<20} {status}")
+        else:
+            record = store.revoke(args.name_or_prefix)
+            print(f"revoked {record.name} ({record.prefix}…)")
+    finally:
+        store.close()
+    return 0
+
+
+def _port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _run(args: argparse.Namespace, data_dir: Path) -> int:
+    import uvicorn
+
+    from runtime.app import create_app
+
+    if not _port_free(args.host, args.port):
+        return fail(f"port {args.port} on {args.host} is already in use; pick another with -p/--port")
+    model_path = resolve_model(args.model)
+    check_gguf(model_path)
+    engine = EngineConfig(
+        model_path=model_path,
+        ctx_size=args.ctx_size,
+        threads=args.threads,
+        parallel=args.parallel,
+        max_queue=args.max_queue,
+    )
+    config = ServerConfig(
+        engine=engine,
+        model_id=model_id_for(args.model, model_path),
+        aliases=tuple(args.alias),
+        host=args.host,
+        port=args.port,
+        data_dir=data_dir,
+        reasoning=args.reasoning,
+        sampling=SamplingDefaults(
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            min_p=args.min_p,
+            repeat_penalty=args.repeat_penalty,
+        ),
+    )
+    keys = KeyStore(config.keys_db)
+    if not keys.has_active_keys():
+        _, key = keys.create("default")
+        # Printed once, to the terminal, on purpose: it is never logged.
+        print(f"\nCreated an API key (shown only now):\n\n    {key}\n\nexport UNSLOTH_STUDIO_AUTH_TOKEN={key}\n")
+    app = create_app(config, keys=keys)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False))
+    runtime = app.state.runtime
+    runtime.on_load_failure = lambda: setattr(server, "should_exit", True)
+    log.info("serving %s on http://%s:%d/v1", config.model_id, args.host, args.port)
+    server.run()
+    if runtime.load_error:
+        return fail(runtime.load_error)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    data_dir = (args.data_dir or default_data_dir()).expanduser()
+    try:
+        if args.command == "keys":
+            return _keys(args, data_dir)
+        return _run(args, data_dir)
+    except (KeyStoreError, ModelSourceError) as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

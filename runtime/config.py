@@ -1,0 +1,53 @@
+"""Server configuration: what `toolstudio run` flags become."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+ReasoningMode = Literal["on", "off", "auto"]
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("TOOLSTUDIO_HOME") or Path.home() / ".toolstudio")
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingDefaults:
+    """Server-wide sampling defaults; a request's own values win."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    max_tokens: int | None = None  # None: until the context window is full
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    model_path: Path
+    ctx_size: int = 4096  # per request (per slot), not shared
+    threads: int | None = None  # None: all cores
+    parallel: int = 4  # sequences decoded together
+    batch_size: int = 512
+    max_queue: int = 64  # waiting requests beyond the busy slots
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    engine: EngineConfig
+    model_id: str
+    aliases: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 8888
+    data_dir: Path = field(default_factory=default_data_dir)
+    reasoning: ReasoningMode = "auto"
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    max_body_bytes: int = 32 * 1024 * 1024
+
+    @property
+    def keys_db(self) -> Path:
+        return self.data_dir / "keys.sqlite3"

@@ -1,0 +1,47 @@
+"""The narrow engine interface. Nothing outside `runtime/engine` may import llama_cpp."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from runtime.events import Event
+from runtime.ir import ChatRequest
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: str
+    context_length: int  # tokens available to one request
+    created: int  # unix time the model file was last modified
+    owned_by: str = "toolstudio"
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    active: int  # sequences decoding now
+    waiting: int  # requests queued for a slot
+    slots: int
+
+
+class Engine(Protocol):
+    """What the runtime needs from a model backend."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def generate(self, request: ChatRequest) -> AsyncIterator[Event]:
+        """Stream events for one generation. Errors in the request (context too long,
+        bad grammar) raise before the first event. Closing the iterator early cancels
+        decoding within one token."""
+        ...
+
+    async def count_tokens(self, request: ChatRequest) -> int:
+        """Tokens the rendered prompt of `request` takes."""
+        ...
+
+    def stats(self) -> EngineStats: ...
+
+    async def close(self) -> None: ...

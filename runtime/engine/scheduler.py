@@ -1,0 +1,261 @@
+"""One decode loop for every request: continuous batching over llama.cpp sequence slots.
+
+A single worker thread owns the `llama_context` (llama.cpp is not thread-safe). Each
+request in flight holds a slot (a sequence id). Every step builds one `llama_batch` with
+the next token of every generating sequence plus prompt chunks of newly admitted ones,
+calls `llama_decode` once, then samples each sequence with its own sampler chain.
+
+Slots keep their KV cache after a request ends, so a follow-up request whose prompt
+extends a previous one (the next chat turn, an agent-loop iteration) lands on that slot and
+only decodes the new suffix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import llama_cpp
+
+from runtime.config import EngineConfig
+from runtime.engine.model import LlamaModel
+from runtime.engine.sampler import SamplerChain, SamplerParams
+from runtime.errors import EngineFailure, Overloaded, ToolstudioError
+
+log = logging.getLogger(__name__)
+
+StopReason = Literal["eog", "length", "cancelled", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    id: int
+    piece: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    reason: StopReason
+    cached_tokens: int = 0
+    error: ToolstudioError | None = None
+
+
+@dataclass(eq=False, slots=True)
+class SequenceJob:
+    """One generation request. `deliver` is called from the worker thread with each
+    `Token` and finally one `Done`; it must be thread-safe and must not block."""
+
+    prompt: list[int]
+    params: SamplerParams
+    max_tokens: int
+    deliver: Callable[[Token | Done], None]
+    cancelled: bool = False  # set by the requester; read by the worker every step
+    submitted_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False, slots=True)
+class Slot:
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)  # exactly what the KV cache holds
+    job: SequenceJob | None = None
+    sampler: SamplerChain | None = None
+    todo: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
+    next_token: int | None = None  # sampled, to be decoded in the next step
+    generated: int = 0
+    cached: int = 0
+    batch_index: int = -1
+    released_at: float = 0.0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scheduler:
+    def __init__(self, model: LlamaModel, config: EngineConfig) -> None:
+        self.model = model
+        self.ctx_size = config.ctx_size
+        self.batch_size = config.batch_size
+        self.max_queue = config.max_queue
+        threads = config.threads or os.cpu_count() or 1
+
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = config.ctx_size * config.parallel
+        params.n_batch = config.batch_size
+        params.n_ubatch = config.batch_size
+        params.n_seq_max = config.parallel
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.kv_unified = False  # each slot owns ctx_size tokens: one request cannot starve another
+        params.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(model.model, params)
+        if not self.ctx:
+            raise EngineFailure("llama.cpp could not create a context (out of memory?)")
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(config.batch_size, 0, 1)
+
+        self.slots = [Slot(seq_id=i) for i in range(config.parallel)]
+        self._waiting: deque[SequenceJob] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="llama-decode", daemon=True)
+        self._thread.start()
+
+    # -- requester side (any thread) --------------------------------------------------
+
+    def submit(self, job: SequenceJob) -> None:
+        with self._cond:
+            if self._stopping:
+                raise EngineFailure("the engine is shutting down")
+            if len(self._waiting) >= self.max_queue and not self._free_slot_exists():
+                raise Overloaded(f"all {len(self.slots)} slots are busy and {len(self._waiting)} requests wait")
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def counts(self) -> tuple[int, int]:
+        """(active sequences, waiting requests)"""
+        return sum(1 for s in self.slots if s.job is not None), len(self._waiting)
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+        llama_cpp.llama_batch_free(self.batch)
+        llama_cpp.llama_free(self.ctx)
+        self.ctx = None
+
+    # -- worker thread ------------------------------------------------------------------
+
+    def _free_slot_exists(self) -> bool:
+        return any(s.job is None for s in self.slots)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._waiting and not any(s.job for s in self.slots):
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                self._admit()
+            try:
+                self._step()
+            except Exception as exc:  # never let the decode thread die with requests waiting
+                log.exception("decode step failed")
+                for slot in self.slots:
+                    if slot.job is not None:
+                        self._release(slot, "error", EngineFailure(f"decoding failed: {exc}"))
+                    self._forget(slot)
+        for slot in self.slots:
+            if slot.job is not None:
+                self._release(slot, "error", EngineFailure("the engine shut down"))
+        while self._waiting:
+            self._waiting.popleft().deliver(Done("error", error=EngineFailure("the engine shut down")))
+
+    def _admit(self) -> None:
+        """Move waiting jobs into free slots, FIFO. Called with the lock held."""
+        while self._waiting:
+            free = [s for s in self.slots if s.job is None]
+            if not free:
+                return
+            job = self._waiting.popleft()
+            if job.cancelled:
+                job.deliver(Done("cancelled"))
+                continue
+            # The free slot sharing the longest prefix wins; among equals, the one idle longest.
+            slot = max(free, key=lambda s: (common_prefix(s.tokens, job.prompt), -s.released_at))
+            try:
+                slot.sampler = SamplerChain(self.model.vocab, self.model.n_vocab, job.params)
+            except ToolstudioError as exc:
+                job.deliver(Done("error", error=exc))
+                continue
+            keep = min(common_prefix(slot.tokens, job.prompt), len(job.prompt) - 1)  # need >= 1 to decode
+            if keep < len(slot.tokens) and not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1):
+                self._forget(slot)  # partial removal unsupported for this cache type: start over
+                keep = 0
+            slot.tokens = job.prompt[:keep]
+            slot.todo = job.prompt[keep:]
+            slot.job, slot.cached, slot.generated, slot.next_token = job, keep, 0, None
+
+    def _forget(self, slot: Slot) -> None:
+        llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
+        slot.tokens = []
+
+    def _release(self, slot: Slot, reason: StopReason, error: ToolstudioError | None = None) -> None:
+        job = slot.job
+        if slot.sampler is not None:
+            slot.sampler.close()
+        slot.job, slot.sampler, slot.todo, slot.next_token = None, None, [], None
+        slot.released_at = time.monotonic()
+        if job is not None:
+            job.deliver(Done(reason, cached_tokens=slot.cached, error=error))
+
+    def _add(self, n: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
+        batch = self.batch
+        batch.token[n] = token
+        batch.pos[n] = pos
+        batch.n_seq_id[n] = 1
+        batch.seq_id[n][0] = seq_id
+        batch.logits[n] = logits
+
+    def _step(self) -> None:
+        n = 0
+        for slot in self.slots:
+            slot.batch_index = -1
+            if slot.job is not None and slot.job.cancelled:
+                self._release(slot, "cancelled")
+        # Generating sequences first: one token each, so streams never stall behind a prefill.
+        for slot in self.slots:
+            if slot.job is not None and slot.next_token is not None:
+                self._add(n, slot.next_token, len(slot.tokens), slot.seq_id, True)
+                slot.tokens.append(slot.next_token)
+                slot.next_token = None
+                slot.batch_index = n
+                n += 1
+        # Then prompt chunks, oldest request first, within what is left of the batch.
+        prefilling = sorted((s for s in self.slots if s.job is not None and s.todo), key=lambda s: s.job.submitted_at)
+        for slot in prefilling:
+            room = self.batch_size - n
+            if room <= 0:
+                break
+            chunk, slot.todo = slot.todo[:room], slot.todo[room:]
+            for i, token in enumerate(chunk):
+                last = not slot.todo and i == len(chunk) - 1
+                self._add(n, token, len(slot.tokens), slot.seq_id, last)
+                slot.tokens.append(token)
+                if last:
+                    slot.batch_index = n
+                n += 1
+        if n == 0:
+            return
+        self.batch.n_tokens = n
+        status = llama_cpp.llama_decode(self.ctx, self.batch)
+        if status != 0:
+            raise EngineFailure(f"llama_decode returned {status}")
+        for slot in self.slots:
+            if slot.batch_index >= 0 and slot.job is not None:
+                self._sample(slot)
+
+    def _sample(self, slot: Slot) -> None:
+        job = slot.job
+        assert job is not None and slot.sampler is not None
+        token = slot.sampler.sample(self.ctx, slot.batch_index)
+        if self.model.is_eog(token):
+            self._release(slot, "eog")
+            return
+        slot.generated += 1
+        job.deliver(Token(token, self.model.piece(token)))
+        if slot.generated >= job.max_tokens or len(slot.tokens) + 1 >= self.ctx_size:
+            self._release(slot, "length")
+        else:
+            slot.next_token = token

@@ -1,0 +1,125 @@
+"""The neutral request IR every dialect maps *to*.
+
+A dialect parses its wire body into a `ChatRequest`; the runtime and the engine only ever
+see these types. Nothing here knows about HTTP or any one API's field names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image, either inline bytes or a URL still to be fetched."""
+
+    data: bytes | None = None
+    url: str | None = None
+    media_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallPart:
+    """A call the assistant made. `arguments` is JSON text, as the model wrote it."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResultPart:
+    call_id: str
+    content: str
+    is_error: bool = False
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningPart:
+    text: str
+
+
+Part = TextPart | ImagePart | ToolCallPart | ToolResultPart | ReasoningPart
+
+
+@dataclass(slots=True)
+class Message:
+    role: Role
+    parts: list[Part]
+
+    @property
+    def text(self) -> str:
+        return "".join(p.text for p in self.parts if isinstance(p, TextPart))
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A function the model may call. `parameters` is a JSON Schema object."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    mode: Literal["auto", "none", "required", "function"] = "auto"
+    name: str | None = None
+
+
+@dataclass(slots=True)
+class Sampling:
+    """Per-request sampling. `None` means: use the server default."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    max_tokens: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFormat:
+    kind: Literal["text", "json_object", "json_schema"] = "text"
+    schema: dict[str, Any] | None = None
+    name: str | None = None
+    strict: bool = False
+
+
+@dataclass(slots=True)
+class ServerTools:
+    """The toolstudio extension: tools the server runs itself between generations."""
+
+    enabled: bool = False
+    names: list[str] = field(default_factory=list)
+    session_id: str | None = None
+    max_iterations: int | None = None
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    model: str
+    messages: list[Message]
+    sampling: Sampling = field(default_factory=Sampling)
+    tools: list[ToolSpec] = field(default_factory=list)
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    parallel_tool_calls: bool = True
+    output_format: OutputFormat = field(default_factory=OutputFormat)
+    reasoning: bool | None = None
+    server_tools: ServerTools = field(default_factory=ServerTools)
+    template_kwargs: dict[str, Any] = field(default_factory=dict)

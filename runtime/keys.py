@@ -1,0 +1,141 @@
+"""API keys: `sk-unsloth-<32 hex>`, stored hashed in SQLite under the data directory.
+
+Keys carry 128 random bits, so a fast SHA-256 digest is the right hash (a slow password
+hash would only add latency to every request); lookups compare digests in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+KEY_PREFIX = "sk-unsloth-"
+DISPLAY_CHARS = len(KEY_PREFIX) + 8  # what `keys list` shows: enough to tell keys apart
+LAST_USED_RESOLUTION = 60.0  # seconds: don't write to SQLite on every request
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    digest TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    last_used REAL,
+    revoked REAL
+)
+"""
+
+
+class KeyStoreError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: int
+    name: str
+    prefix: str
+    created: float
+    last_used: float | None
+    revoked: float | None
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_hex(16)
+
+
+class KeyStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise KeyStoreError(f"cannot open the key database {path}: {exc}") from exc
+        self._lock = threading.Lock()
+        self._touched: dict[int, float] = {}
+
+    def close(self) -> None:
+        self._db.close()
+
+    def create(self, name: str | None = None) -> tuple[KeyRecord, str]:
+        key = new_key()
+        now = time.time()
+        with self._lock:
+            if name is None:
+                (count,) = self._db.execute("SELECT COUNT(*) FROM api_keys").fetchone()
+                name = f"key-{count + 1}"
+            try:
+                cur = self._db.execute(
+                    "INSERT INTO api_keys (name, prefix, digest, created) VALUES (?, ?, ?, ?)",
+                    (name, key[:DISPLAY_CHARS], digest(key), now),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise KeyStoreError(f"a key named {name!r} already exists") from exc
+        record = KeyRecord(cur.lastrowid or 0, name, key[:DISPLAY_CHARS], now, None, None)
+        return record, key
+
+    def list(self) -> list[KeyRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, name, prefix, created, last_used, revoked FROM api_keys ORDER BY id"
+            ).fetchall()
+        return [KeyRecord(*row) for row in rows]
+
+    def has_active_keys(self) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM api_keys WHERE revoked IS NULL LIMIT 1").fetchone() is not None
+
+    def revoke(self, name_or_prefix: str) -> KeyRecord:
+        """Revoke by name, or by a prefix of the key (at least 4 characters after `sk-unsloth-`)."""
+        active = [r for r in self.list() if r.revoked is None]
+        matches = [r for r in active if r.name == name_or_prefix]
+        if not matches and len(name_or_prefix) >= len(KEY_PREFIX) + 4:
+            matches = [r for r in active if r.prefix.startswith(name_or_prefix[:DISPLAY_CHARS])]
+        if not matches:
+            raise KeyStoreError(f"no active key named or starting with {name_or_prefix!r}")
+        if len(matches) > 1:
+            names = ", ".join(r.name for r in matches)
+            raise KeyStoreError(f"{name_or_prefix!r} matches several keys ({names}): use the name")
+        with self._lock:
+            self._db.execute("UPDATE api_keys SET revoked = ? WHERE id = ?", (time.time(), matches[0].id))
+        return matches[0]
+
+    def verify(self, key: str) -> KeyRecord | None:
+        """The active key record for `key`, or None. Constant-time on the digest."""
+        if not key.startswith(KEY_PREFIX):
+            return None
+        wanted = digest(key)
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, name, prefix, created, last_used, revoked, digest FROM api_keys WHERE digest = ?",
+                (wanted,),
+            ).fetchone()
+        if row is None or not hmac.compare_digest(row[6], wanted) or row[5] is not None:
+            return None
+        record = KeyRecord(*row[:6])
+        self._touch(record.id)
+        return record
+
+    def _touch(self, key_id: int) -> None:
+        now = time.time()
+        if now - self._touched.get(key_id, 0.0) < LAST_USED_RESOLUTION:
+            return
+        self._touched[key_id] = now
+        try:
+            with self._lock:
+                self._db.execute("UPDATE api_keys SET last_used = ? WHERE id = ?", (now, key_id))
+        except sqlite3.Error:  # a read-only or busy database must not fail the request
+            pass

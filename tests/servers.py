@@ -1,0 +1,108 @@
+"""Starting real servers for tests: the CLI in a subprocess, or an app in a thread."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import uvicorn
+from litestar import Litestar
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(base_url: str, timeout: float = 120.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{base_url} did not become healthy")
+
+
+def toolstudio(*args: str, data_dir: Path) -> str:
+    """Run the CLI and return its stdout."""
+    env = {**os.environ, "TOOLSTUDIO_HOME": str(data_dir)}
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", *args], env=env, capture_output=True, text=True, check=True
+    )
+    return done.stdout
+
+
+@dataclass
+class CliServer:
+    """`toolstudio run` as a user starts it, on a free port."""
+
+    data_dir: Path
+    args: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> CliServer:
+        self.port = free_port()
+        env = {**os.environ, "TOOLSTUDIO_HOME": str(self.data_dir)}
+        log = (self.data_dir / "server.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runtime.cli", "run", "-p", str(self.port), *self.args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_healthy(self.base_url, proc=self.proc)
+        return self
+
+    def log(self) -> str:
+        return (self.data_dir / "server.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class ThreadedServer:
+    """An app (e.g. one built around a FakeEngine) served by uvicorn in a thread."""
+
+    def __init__(self, app: Litestar) -> None:
+        self.app = app
+        self.port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        wait_healthy(self.base_url, timeout=30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
