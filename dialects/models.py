@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.params import FromPath
 
 from runtime.errors import NotFound
 from runtime.http import runtime_of
@@ -24,7 +25,7 @@ async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 @get("/v1/models/{model_id:path}")
-async def get_model(request: Request[Any, Any, Any], model_id: str) -> dict[str, Any]:
+async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> dict[str, Any]:
     runtime = runtime_of(request)
     model_id = model_id.lstrip("/")
     if model_id != DEFAULT_MODEL_NAME and model_id not in runtime.model_names:

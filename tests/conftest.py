@@ -7,12 +7,11 @@ import anthropic
 import openai
 import pytest
 
+from runtime.app import create_app
 from runtime.config import EngineConfig, ServerConfig
 from runtime.engine.fake import FakeEngine
 from runtime.keys import KeyStore
-from runtime.app import create_app
 from tests.servers import CliServer, ThreadedServer, toolstudio
-
 
 # -- the real server: `toolstudio run` with the packaged model --------------------------------
 
