@@ -57,7 +57,7 @@ def server_tools(
 ) -> ServerTools:
     """The toolstudio extension fields, identical in every dialect."""
     return ServerTools(
-        enabled=bool(enable),
+        enabled=enable,
         names=list(names or []),
         session_id=session_id,
         max_iterations=max_calls,

@@ -36,7 +36,13 @@ async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) ->
     return _model_object(name, created)
 
 
-@get("/health", exclude_from_auth=True)
+@get("/metrics", media_type="text/plain; version=0.0.4")
+async def metrics(request: Request[Any, Any, Any]) -> bytes:
+    """Prometheus exposition, open like /health (scrapers send no API key)."""
+    return runtime_of(request).metrics.render()
+
+
+@get("/health")
 async def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     runtime = runtime_of(request)
     if runtime.engine is not None:

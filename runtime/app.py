@@ -10,15 +10,22 @@ from types import ModuleType
 from typing import Any
 
 from litestar import Litestar, Request, Response, Router
+from litestar.config.cors import CORSConfig
 
 import dialects.anthropic.errors as anthropic_errors
 import dialects.openai_errors as openai_errors
-from dialects import models
+from dialects import models, sessions
+from dialects.anthropic.routes import count_message_tokens, create_message
 from dialects.openai_chat.routes import chat_completions
+from dialects.openai_responses import routes as responses
 from runtime.config import ServerConfig
 from runtime.http import ClientGone, error_response, require_api_key
 from runtime.keys import KeyStore
+from runtime.observability import RequestContext
+from runtime.plugins import ToolRegistry, load_plugins
+from runtime.sandbox import SandboxConfig, SandboxRunner
 from runtime.service import EngineFactory, Runtime
+from runtime.sessions import SessionManager
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +51,42 @@ def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
     return error_response(exc, _dialect_for(request.url.path))  # type: ignore[arg-type]
 
 
-def create_app(
-    config: ServerConfig, *, engine_factory: EngineFactory | None = None, keys: KeyStore | None = None
-) -> Litestar:
-    runtime = Runtime(
+def build_runtime(
+    config: ServerConfig,
+    *,
+    engine_factory: EngineFactory | None = None,
+    keys: KeyStore | None = None,
+    tools: ToolRegistry | None = None,
+) -> Runtime:
+    sandbox = SandboxRunner(SandboxConfig(unsafe_no_sandbox=config.tools.unsafe_no_sandbox))
+    sessions = SessionManager(
+        config.data_dir / "sessions",
+        idle_seconds=config.tools.session_idle_seconds,
+        max_sessions=config.tools.max_sessions,
+        on_create=sandbox.prepare_workspace,
+    )
+    return Runtime(
         config=config,
         keys=keys or KeyStore(config.keys_db),
         engine_factory=engine_factory or default_engine_factory(config),
+        tools=tools if tools is not None else load_plugins(search_provider=config.tools.search_provider),
+        sessions=sessions,
+        sandbox=sandbox,
     )
+
+
+def create_app(
+    config: ServerConfig,
+    *,
+    engine_factory: EngineFactory | None = None,
+    keys: KeyStore | None = None,
+    tools: ToolRegistry | None = None,
+) -> Litestar:
+    runtime = build_runtime(config, engine_factory=engine_factory, keys=keys, tools=tools)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        runtime.start_loading()
+        runtime.start()
         try:
             yield
         finally:
@@ -63,11 +94,24 @@ def create_app(
 
     api = Router(
         path="/",
-        route_handlers=[chat_completions, models.list_models, models.get_model],
+        route_handlers=[
+            chat_completions,
+            create_message,
+            count_message_tokens,
+            models.list_models,
+            models.get_model,
+            *responses.route_handlers,
+            sessions.list_sessions,
+            sessions.delete_session,
+            sessions.run_session_tool,
+        ],
         guards=[require_api_key],
     )
+    cors = CORSConfig(allow_origins=list(config.cors_origins)) if config.cors_origins else None
     app = Litestar(
-        route_handlers=[api, models.health],
+        route_handlers=[api, models.health, models.metrics],
+        middleware=[lambda app: RequestContext(app, lambda: runtime.metrics)],
+        cors_config=cors,
         lifespan=[lifespan],
         exception_handlers={Exception: handle_error},
         request_max_body_size=config.max_body_bytes,

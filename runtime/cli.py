@@ -9,9 +9,11 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from runtime.config import EngineConfig, SamplingDefaults, ServerConfig, default_data_dir
+from runtime.config import EngineConfig, SamplingDefaults, ServerConfig, ToolsConfig, default_data_dir
 from runtime.keys import KeyStore, KeyStoreError
 from runtime.model_source import ModelSourceError, check_gguf, model_id_for, resolve_model
+from runtime.observability import configure_logging
+from runtime.plugins import PluginError
 
 log = logging.getLogger("toolstudio")
 
@@ -30,8 +32,19 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     run.add_argument("--top-k", type=int, default=40)
     run.add_argument("--min-p", type=float, default=0.05)
     run.add_argument("--repeat-penalty", type=float, default=1.0)
+    tools = run.add_argument_group("server-side tools")
+    tools.add_argument("--enable-tools", action="store_true", help="requests that don't say get server tools")
+    tools.add_argument("--max-tool-iterations", type=int, default=8, help="tool rounds per request")
+    tools.add_argument("--tool-timeout", type=float, default=60.0, help="seconds per tool call")
+    tools.add_argument("--max-sessions", type=int, default=32, help="live tool sessions (oldest idle evicted)")
+    tools.add_argument("--session-idle", type=float, default=1800.0, help="seconds before an idle session closes")
+    tools.add_argument("--search-provider", default="ddgs", help="web search backend (a plugin may add more)")
+    tools.add_argument(
+        "--unsafe-no-sandbox", action="store_true", help="run tools WITHOUT bubblewrap isolation (not for shared hosts)"
+    )
     run.add_argument("-p", "--port", type=int, default=8888)
     run.add_argument("-H", "--host", default="127.0.0.1")
+    run.add_argument("--cors-origin", action="append", default=[], help="allow browser calls from this origin")
     _common(run)
 
 
@@ -40,6 +53,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--data-dir", type=Path, default=None, help="keys and state (env TOOLSTUDIO_HOME, default ~/.toolstudio)"
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,8 +130,18 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         aliases=tuple(args.alias),
         host=args.host,
         port=args.port,
+        cors_origins=tuple(args.cors_origin),
         data_dir=data_dir,
         reasoning=args.reasoning,
+        tools=ToolsConfig(
+            enable_by_default=args.enable_tools,
+            max_iterations=args.max_tool_iterations,
+            tool_timeout=args.tool_timeout,
+            max_sessions=args.max_sessions,
+            session_idle_seconds=args.session_idle,
+            search_provider=args.search_provider,
+            unsafe_no_sandbox=args.unsafe_no_sandbox,
+        ),
         sampling=SamplingDefaults(
             temperature=args.temperature,
             top_p=args.top_p,
@@ -135,6 +159,8 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False))
     runtime = app.state.runtime
     runtime.on_load_failure = lambda: setattr(server, "should_exit", True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: reachable from the network; every /v1 route still needs an API key", args.host)
     log.info("serving %s on http://%s:%d/v1", config.model_id, args.host, args.port)
     server.run()
     if runtime.load_error:
@@ -144,15 +170,13 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(args.log_level, args.log_format)
     data_dir = (args.data_dir or default_data_dir()).expanduser()
     try:
         if args.command == "keys":
             return _keys(args, data_dir)
         return _run(args, data_dir)
-    except (KeyStoreError, ModelSourceError) as exc:
+    except (KeyStoreError, ModelSourceError, PluginError) as exc:
         return fail(str(exc))
     except KeyboardInterrupt:
         return 130

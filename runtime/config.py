@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from runtime.images import ImagePolicy
+
 ReasoningMode = Literal["on", "off", "auto"]
 
 
@@ -37,6 +39,19 @@ class EngineConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolsConfig:
+    """Server-side tools: defaults and bounds."""
+
+    enable_by_default: bool = False  # `--enable-tools`: requests that don't say get tools
+    max_iterations: int = 8  # tool rounds per request (a request may ask for fewer)
+    tool_timeout: float = 60.0  # seconds per tool call
+    session_idle_seconds: float = 1800.0
+    max_sessions: int = 32
+    unsafe_no_sandbox: bool = False
+    search_provider: str = "ddgs"
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     engine: EngineConfig
     model_id: str
@@ -47,6 +62,9 @@ class ServerConfig:
     reasoning: ReasoningMode = "auto"
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
     max_body_bytes: int = 32 * 1024 * 1024
+    cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are named
+    images: ImagePolicy = field(default_factory=lambda: ImagePolicy())
+    tools: ToolsConfig = field(default_factory=lambda: ToolsConfig())
 
     @property
     def keys_db(self) -> Path:

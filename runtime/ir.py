@@ -105,7 +105,7 @@ class OutputFormat:
 class ServerTools:
     """The toolstudio extension: tools the server runs itself between generations."""
 
-    enabled: bool = False
+    enabled: bool | None = None  # None: the request did not say (the server default applies)
     names: list[str] = field(default_factory=list)
     session_id: str | None = None
     max_iterations: int | None = None

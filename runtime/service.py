@@ -1,4 +1,4 @@
-"""The per-process runtime the HTTP handlers talk to: engine, keys, and the request path."""
+"""The per-process runtime the HTTP handlers talk to: engine, keys, tools, sessions."""
 
 from __future__ import annotations
 
@@ -7,16 +7,24 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from runtime.agent import AgentLimits, run_agent
 from runtime.config import ServerConfig
 from runtime.engine.base import Engine
 from runtime.errors import ModelNotReady
 from runtime.events import Event
+from runtime.images import has_images, resolve_images
 from runtime.ir import ChatRequest
 from runtime.keys import KeyRecord, KeyStore
+from runtime.observability import Metrics, warn_client
+from runtime.plugins import ToolRegistry
+from runtime.sandbox import SandboxRunner
+from runtime.sessions import Session, SessionManager
+from runtime.tools import Tool
 
 log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[], Engine]
+DEFAULT_SERVER_TOOLS = ("python", "bash", "web_search")
 
 
 @dataclass(eq=False)
@@ -24,16 +32,28 @@ class Runtime:
     config: ServerConfig
     keys: KeyStore
     engine_factory: EngineFactory
+    tools: ToolRegistry
+    sessions: SessionManager
+    sandbox: SandboxRunner
+    metrics: Metrics = field(init=False)
     engine: Engine | None = None
     load_error: str | None = None
     on_load_failure: Callable[[], None] | None = None  # the CLI stops the server: nothing to serve
     _loading: asyncio.Task[None] | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(self._live_counts)
+
+    def _live_counts(self) -> tuple[int, int, int]:
+        stats = self.engine.stats() if self.engine is not None else None
+        return (stats.waiting if stats else 0, stats.active if stats else 0, self.sessions.live_count)
+
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start_loading(self) -> None:
+    def start(self) -> None:
         """Load the model off the event loop, so /health can say "loading" meanwhile."""
         self._loading = asyncio.get_running_loop().create_task(self._load())
+        self.sessions.start()
 
     async def _load(self) -> None:
         try:
@@ -44,13 +64,10 @@ class Runtime:
             if self.on_load_failure is not None:
                 self.on_load_failure()
 
-    async def wait_loaded(self) -> None:
-        if self._loading is not None:
-            await self._loading
-
     async def close(self) -> None:
         if self._loading is not None:
             await self._loading
+        await self.sessions.close()
         if self.engine is not None:
             await self.engine.close()
         self.keys.close()
@@ -67,6 +84,63 @@ class Runtime:
     def model_names(self) -> list[str]:
         return [self.config.model_id, *self.config.aliases]
 
+    @property
+    def limits(self) -> AgentLimits:
+        return AgentLimits(self.config.tools.max_iterations, self.config.tools.tool_timeout)
+
     def run(self, request: ChatRequest, key: KeyRecord) -> AsyncIterator[Event]:
-        """The event stream for one request (the agent loop will wrap this)."""
-        return self.ready_engine().generate(request)
+        """The event stream for one request: plain generation, or the agent loop when the
+        request (or the server default) enables server-side tools. Bad tool names raise here;
+        bad images at the first event — both before any response header."""
+        engine = self.ready_engine()
+        wanted = request.server_tools
+        enabled = self.config.tools.enable_by_default if wanted.enabled is None else wanted.enabled
+        tools = None
+        if enabled:
+            tools = self.tools.resolve(wanted.names or [n for n in DEFAULT_SERVER_TOOLS if n in self.tools])
+        return self.metrics.observe(self._generate(engine, request, tools, key))
+
+    async def _generate(
+        self, engine: Engine, request: ChatRequest, tools: list[Tool] | None, key: KeyRecord
+    ) -> AsyncIterator[Event]:
+        if has_images(request):
+            request = await resolve_images(request, self.config.images)
+            if not engine.info.vision:
+                log.warning("image input ignored: %s has no vision projector loaded", engine.info.id)
+                warn_client(f"image input ignored: the model {engine.info.id} cannot see images (no --mmproj)")
+        if tools is None:
+            stream = engine.generate(request)
+            try:
+                async for event in stream:
+                    yield event
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
+            return
+        async with self.open_session(key, request.server_tools.session_id) as session:
+            agent = run_agent(engine, request, tools=tools, registry=self.tools, session=session, limits=self.limits)
+            try:
+                async for event in agent:
+                    yield event
+            finally:
+                await agent.aclose()
+
+    def open_session(self, key: KeyRecord, session_id: str | None) -> _SessionScope:
+        return _SessionScope(self, key, session_id)
+
+
+class _SessionScope:
+    """`async with runtime.open_session(key, id) as session`: the key's session, with the
+    shared sandbox runner in its state, released afterwards."""
+
+    def __init__(self, runtime: Runtime, key: KeyRecord, session_id: str | None) -> None:
+        self.runtime, self.key, self.session_id = runtime, key, session_id
+        self.session: Session | None = None
+
+    async def __aenter__(self) -> Session:
+        self.session = await self.runtime.sessions.get(str(self.key.id), self.session_id)
+        self.session.state.setdefault("sandbox", self.runtime.sandbox)
+        return self.session
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.session is not None
+        await self.runtime.sessions.release(self.session)

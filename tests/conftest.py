@@ -1,16 +1,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import openai
 import pytest
 
 from runtime.app import create_app
-from runtime.config import EngineConfig, ServerConfig
+from runtime.config import EngineConfig, ServerConfig, ToolsConfig
 from runtime.engine.fake import FakeEngine
 from runtime.keys import KeyStore
+from runtime.plugins import ToolRegistry
 from tests.servers import CliServer, ThreadedServer, toolstudio
 
 # -- the real server: `toolstudio run` with the packaged model --------------------------------
@@ -62,16 +65,31 @@ def fake_engine() -> FakeEngine:
     return FakeEngine()
 
 
-@pytest.fixture
-def fake_server(tmp_path: Path, fake_engine: FakeEngine) -> Iterator[FakeServer]:
+@contextmanager
+def serve_fake(
+    tmp_path: Path,
+    engine: FakeEngine,
+    *,
+    tools: ToolRegistry | None = None,
+    tools_config: ToolsConfig | None = None,
+    **config_overrides: Any,
+) -> Iterator[FakeServer]:
     config = ServerConfig(
         engine=EngineConfig(model_path=tmp_path / "unused.gguf"),
         model_id="fake-model",
         aliases=("fake-alias",),
         data_dir=tmp_path,
+        tools=tools_config or ToolsConfig(),
+        **config_overrides,
     )
     keys = KeyStore(config.keys_db)
     _, key = keys.create("test")
-    app = create_app(config, engine_factory=lambda: fake_engine, keys=keys)
+    app = create_app(config, engine_factory=lambda: engine, keys=keys, tools=tools)
     with ThreadedServer(app) as server:
-        yield FakeServer(fake_engine, server, key, keys)
+        yield FakeServer(engine, server, key, keys)
+
+
+@pytest.fixture
+def fake_server(tmp_path: Path, fake_engine: FakeEngine) -> Iterator[FakeServer]:
+    with serve_fake(tmp_path, fake_engine) as server:
+        yield server

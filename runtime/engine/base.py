@@ -17,6 +17,7 @@ class ModelInfo:
     created: int  # unix time the model file was last modified
     owned_by: str = "toolstudio"
     description: str = ""
+    vision: bool = False  # can the model see image parts (a multimodal projector is loaded)?
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,26 +157,6 @@ def test_request_errors_before_the_stream_are_plain_4xx(fake_server: FakeServer)
     assert response.json()["error"]["type"] == "rate_limit_error"
 
 
-def test_images_become_image_parts(fake_server: FakeServer) -> None:
-    fake_server.engine.enqueue("a red square")
-    fake_server.openai().chat.completions.create(
-        model="m",
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}},
-                    {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
-                    {"type": "text", "text": "What is this?"},
-                ],
-            }
-        ],
-    )
-    parts = fake_server.engine.requests[-1].messages[0].parts
-    assert parts[0] == ImagePart(data=b"hello", media_type="image/png")
-    assert parts[1] == ImagePart(url="https://example.com/cat.png")
-
-
 def test_request_fields_reach_the_ir(fake_server: FakeServer) -> None:
     fake_server.engine.enqueue("ok")
     fake_server.openai().chat.completions.create(

@@ -1,0 +1,75 @@
+"""Tool sessions over HTTP (OpenAI-style bodies and errors):
+
+GET /v1/sessions, DELETE /v1/sessions/{id}, and POST /v1/sessions/{id}/tools/{name}, which
+runs one tool directly with JSON arguments (for UIs, notebooks and plugin authors' tests).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from litestar import Request, delete, get, post
+from litestar.params import FromPath
+
+from dialects.common import new_id
+from runtime.agent import execute_tool, to_result
+from runtime.errors import InvalidRequest, NotFound
+from runtime.http import api_key_of, runtime_of, unless_disconnected
+
+
+@get("/v1/sessions")
+async def list_sessions(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    infos = await runtime.sessions.list(str(api_key_of(request).id))
+    data = [
+        {
+            "id": i.session_id,
+            "object": "session",
+            "created": int(i.created),
+            "last_used": int(i.last_used),
+            "file_count": i.file_count,
+            "size_bytes": i.size_bytes,
+        }
+        for i in infos
+    ]
+    return {"object": "list", "data": data}
+
+
+@delete("/v1/sessions/{session_id:str}", status_code=200)
+async def delete_session(request: Request[Any, Any, Any], session_id: FromPath[str]) -> dict[str, Any]:
+    if not await runtime_of(request).sessions.delete(str(api_key_of(request).id), session_id):
+        raise NotFound(f"no session {session_id!r}")
+    return {"id": session_id, "object": "session.deleted", "deleted": True}
+
+
+@post("/v1/sessions/{session_id:str}/tools/{name:str}", status_code=200)
+async def run_session_tool(
+    request: Request[Any, Any, Any], session_id: FromPath[str], name: FromPath[str]
+) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    tool = runtime.tools.get(name)
+    if tool is None:
+        raise NotFound(f"no tool {name!r}; available: {', '.join(runtime.tools.names())}")
+    body = await request.body()
+    arguments = body.decode("utf-8", "replace").strip() or "{}"
+    try:
+        json.loads(arguments)
+    except ValueError as exc:
+        raise InvalidRequest(f"the body must be the tool's JSON arguments: {exc}") from exc
+
+    async def run() -> dict[str, Any]:
+        async with runtime.open_session(api_key_of(request), session_id) as session:
+            output = await execute_tool(tool, arguments, runtime.tools, session, runtime.config.tools.tool_timeout)
+        result = to_result(new_id("call_"), tool.name, arguments, output)
+        runtime.metrics.record_tool(result)
+        return {
+            "object": "tool_result",
+            "session_id": session_id,
+            "tool": result.name,
+            "output": result.output,
+            "is_error": result.is_error,
+            "attachments": result.attachments,
+        }
+
+    return await unless_disconnected(request, run())

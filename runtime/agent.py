@@ -1,0 +1,221 @@
+"""The agent loop: generate, run the server-side tools the model called, feed the results
+back, generate again — until the model answers, calls a client tool, or the loop hits its cap.
+
+Server-run calls never reach the client as calls it must execute: their ToolCall* events are
+swallowed here and replaced by ToolRunStart/ToolResult events. Client calls pass through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from runtime.engine.base import Engine
+from runtime.events import (
+    Event,
+    Finished,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    ToolResult,
+    ToolRunStart,
+    Usage,
+)
+from runtime.ir import ChatRequest, Message, Part, TextPart, ToolCallPart, ToolChoice, ToolResultPart, ToolSpec
+from runtime.plugins import ToolRegistry
+from runtime.sessions import Session
+from runtime.tools import Tool, ToolContext, ToolOutput
+
+log = logging.getLogger(__name__)
+
+MAX_OUTPUT_CHARS = 20_000  # what the model sees of one tool result
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLimits:
+    max_iterations: int = 8  # tool-running rounds per request
+    tool_timeout: float = 60.0  # seconds per tool call
+
+
+@dataclass(slots=True)
+class _Turn:
+    """What one generation produced, as the loop needs it."""
+
+    text: str = ""
+    server_calls: list[ToolCallEnd] = field(default_factory=list)
+    client_calls: int = 0
+    finish: Finished | None = None
+
+
+@dataclass(slots=True)
+class _UsageSum:
+    prompt: int = 0
+    completion: int = 0
+    cached: int = 0
+
+    def add(self, usage: Usage) -> None:
+        self.prompt += usage.prompt_tokens
+        self.completion += usage.completion_tokens
+        self.cached += usage.cached_tokens
+
+    def event(self) -> Usage:
+        return Usage(self.prompt, self.completion, self.cached)
+
+
+def with_server_tools(request: ChatRequest, tools: list[Tool]) -> ChatRequest:
+    """The request as the model sees it: client tools plus the enabled server tools."""
+    client_names = {t.name for t in request.tools}
+    specs = [ToolSpec(t.name, t.description, t.parameters) for t in tools if t.name not in client_names]
+    return dataclasses.replace(request, tools=[*request.tools, *specs])
+
+
+async def run_agent(
+    engine: Engine,
+    request: ChatRequest,
+    *,
+    tools: list[Tool],
+    registry: ToolRegistry,
+    session: Session,
+    limits: AgentLimits,
+) -> AsyncIterator[Event]:
+    server = {t.name: t for t in tools}
+    current = with_server_tools(request, tools)
+    cap = min(request.server_tools.max_iterations or limits.max_iterations, limits.max_iterations)
+    usage = _UsageSum()
+    for iteration in range(cap + 1):
+        if iteration == cap:
+            # Out of rounds: one last generation without server tools, so the model answers.
+            current = dataclasses.replace(
+                current, tools=list(request.tools), tool_choice=_without_server(request.tool_choice, server)
+            )
+        turn = _Turn()
+        async for event in _forward(engine.generate(current), set(server), turn):
+            if isinstance(event, Usage):
+                usage.add(event)
+            else:
+                yield event
+        if not turn.server_calls or iteration == cap:
+            # Server calls past the cap are not run (and were never shown as client calls).
+            finish = turn.finish or Finished("stop")
+            if finish.reason == "tool_calls" and not turn.client_calls:
+                finish = Finished("stop")
+            yield usage.event()
+            yield finish
+            return
+        results: list[ToolResult] = []
+        for call in turn.server_calls:
+            yield ToolRunStart(call.id, call.name, call.arguments)
+            result = await _run_tool(server[call.name], call, registry, session, limits)
+            results.append(result)
+            yield result
+        # A forced call has been made; from now on the model must be free to answer in text.
+        choice = ToolChoice("auto") if current.tool_choice.mode in ("required", "function") else current.tool_choice
+        current = dataclasses.replace(
+            current, messages=[*current.messages, *_transcript(turn, results)], tool_choice=choice
+        )
+        if turn.client_calls:
+            yield usage.event()
+            yield Finished("tool_calls")
+            return
+
+
+def _without_server(choice: ToolChoice, server: dict[str, Tool]) -> ToolChoice:
+    if choice.mode == "function" and choice.name in server:
+        return ToolChoice("none")
+    return choice if choice.mode != "required" else ToolChoice("auto")
+
+
+async def _forward(events: AsyncIterator[Event], server_names: set[str], turn: _Turn) -> AsyncIterator[Event]:
+    """Pass client-visible events on; keep server calls back; re-index client calls."""
+    server_indexes: set[int] = set()
+    client_index: dict[int, int] = {}
+    try:
+        async for event in events:
+            match event:
+                case TextDelta(text=text):
+                    turn.text += text
+                    yield event
+                case ReasoningDelta():
+                    yield event
+                case ToolCallStart(index=index, name=name) if name in server_names:
+                    server_indexes.add(index)
+                case ToolCallStart(index=index):
+                    client_index[index] = len(client_index)
+                    yield dataclasses.replace(event, index=client_index[index])
+                case ToolCallDelta(index=index) if index in server_indexes:
+                    pass
+                case ToolCallDelta(index=index):
+                    yield dataclasses.replace(event, index=client_index.get(index, index))
+                case ToolCallEnd(index=index) if index in server_indexes:
+                    turn.server_calls.append(event)
+                case ToolCallEnd(index=index):
+                    turn.client_calls += 1
+                    yield dataclasses.replace(event, index=client_index.get(index, index))
+                case Finished():
+                    turn.finish = event
+                case _:
+                    yield event
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+async def _run_tool(
+    tool: Tool, call: ToolCallEnd, registry: ToolRegistry, session: Session, limits: AgentLimits
+) -> ToolResult:
+    output = await execute_tool(tool, call.arguments, registry, session, limits.tool_timeout)
+    return to_result(call.id, tool.name, call.arguments, output)
+
+
+async def execute_tool(
+    tool: Tool, arguments: str, registry: ToolRegistry, session: Session, timeout: float
+) -> ToolOutput:
+    """Run one tool call; every failure becomes an error output the model can read."""
+    try:
+        parsed = json.loads(arguments or "{}")
+    except ValueError as exc:
+        return ToolOutput(f"the arguments are not valid JSON ({exc}); call {tool.name} again with a JSON object", True)
+    if problem := registry.validate_arguments(tool, parsed):
+        return ToolOutput(problem, is_error=True)
+    started = time.monotonic()
+    context = ToolContext(session=session, deadline=started + timeout)
+    try:
+        async with session.lock:
+            if session.closed:  # deleted while this request waited for the lock
+                return ToolOutput("the tool session was deleted; nothing ran", is_error=True)
+            output = await asyncio.wait_for(tool.run(parsed, context), timeout + 5.0)
+    except TimeoutError:
+        output = ToolOutput(f"{tool.name} did not finish within {timeout:.0f} s and was stopped", is_error=True)
+    except Exception as exc:  # a broken plugin must not fail the request
+        log.exception("tool %s failed", tool.name)
+        output = ToolOutput(f"{tool.name} failed: {type(exc).__name__}: {exc}", is_error=True)
+    log.info("tool %s ran in %.3f s (error=%s)", tool.name, time.monotonic() - started, output.is_error)
+    return output
+
+
+def to_result(call_id: str, name: str, arguments: str, output: ToolOutput) -> ToolResult:
+    attachments = [{"type": "image", "media_type": a.media_type, "data": a.data} for a in output.attachments]
+    return ToolResult(call_id, name, arguments, output.text, output.is_error, attachments)
+
+
+def _for_model(result: ToolResult) -> str:
+    text = result.output
+    if len(text) > MAX_OUTPUT_CHARS:
+        text = text[:MAX_OUTPUT_CHARS] + f"\n[... {len(result.output) - MAX_OUTPUT_CHARS} more characters cut]"
+    if result.attachments:
+        text += f"\n[{len(result.attachments)} image(s) were shown to the user]"
+    return ("Error: " + text) if result.is_error else text
+
+
+def _transcript(turn: _Turn, results: list[ToolResult]) -> list[Message]:
+    parts: list[Part] = [TextPart(turn.text)] if turn.text else []
+    parts += [ToolCallPart(c.id, c.name, c.arguments) for c in turn.server_calls]
+    messages = [Message("assistant", parts)]
+    messages += [Message("tool", [ToolResultPart(r.call_id, _for_model(r), r.is_error, r.name)]) for r in results]
+    return messages

@@ -1,0 +1,148 @@
+"""Continuous batching on the real model: slots, isolation, cancellation, back-pressure."""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from runtime.config import EngineConfig
+from runtime.engine.model import LlamaModel
+from runtime.engine.sampler import SamplerParams
+from runtime.engine.scheduler import Done, Scheduler, SequenceJob, Token
+from runtime.errors import Overloaded
+from runtime.model_source import embedded_model
+
+pytestmark = pytest.mark.integration
+
+GREEDY = SamplerParams(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0)
+DIGITS = 'root ::= [0-9]+ " " [0-9]+'
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[LlamaModel]:
+    loaded = LlamaModel(embedded_model())
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture
+def scheduler(model: LlamaModel) -> Iterator[Scheduler]:
+    sched = Scheduler(model, EngineConfig(model_path=model.path, ctx_size=1024, threads=2, parallel=4, max_queue=2))
+    yield sched
+    sched.close()
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.items: queue.Queue[Token | Done] = queue.Queue()
+        self.tokens: list[int] = []
+
+    def deliver(self, item: Token | Done) -> None:
+        self.items.put(item)
+
+    def wait(self, timeout: float = 60.0) -> Done:
+        while True:
+            item = self.items.get(timeout=timeout)
+            if isinstance(item, Done):
+                return item
+            self.tokens.append(item.id)
+
+
+def prompt(model: LlamaModel, text: str) -> list[int]:
+    return model.tokenize(f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n", add_special=False)
+
+
+def run(scheduler: Scheduler, jobs: list[tuple[list[int], SamplerParams]], max_tokens: int = 24) -> list[list[int]]:
+    collectors = [Collector() for _ in jobs]
+    for (tokens, params), c in zip(jobs, collectors, strict=True):
+        scheduler.submit(SequenceJob(tokens, params, max_tokens, c.deliver))
+    for c in collectors:
+        assert c.wait().reason in ("eog", "length")
+    return [c.tokens for c in collectors]
+
+
+def test_batched_results_equal_solo_results_token_for_token(scheduler: Scheduler, model: LlamaModel) -> None:
+    jobs = [
+        (prompt(model, "What is the capital of France?"), GREEDY),
+        (prompt(model, "Give me two numbers."), SamplerParams(0.0, 1.0, 0, 0.0, grammar=DIGITS)),
+        (prompt(model, "Tell me a story."), SamplerParams(0.9, 0.95, 40, 0.05, seed=7)),
+        (prompt(model, "Name a fruit."), SamplerParams(1.2, 0.9, 20, 0.0, repeat_penalty=1.3, seed=99)),
+        (prompt(model, "Count to ten."), GREEDY),  # waits for a slot, then joins the batch
+    ]
+    solo = [run(scheduler, [job])[0] for job in jobs]
+    together = run(scheduler, jobs)
+    assert together == solo
+    constrained = b"".join(model.piece(t) for t in together[1]).decode()
+    assert re.fullmatch(r"[0-9]+( [0-9]*)?", constrained), constrained  # the grammar held in the batch
+    free = b"".join(model.piece(t) for t in together[0]).decode()
+    assert not re.fullmatch(r"[0-9 ]+", free)
+
+
+def test_cancel_frees_the_slot_within_one_step(scheduler: Scheduler, model: LlamaModel) -> None:
+    collector = Collector()
+    job = SequenceJob(prompt(model, "Write a very long essay."), GREEDY, 1000, collector.deliver)
+    scheduler.submit(job)
+    for _ in range(3):
+        assert isinstance(collector.items.get(timeout=30), Token)
+    job.cancelled = True
+    late = 0
+    while True:
+        item = collector.items.get(timeout=5)
+        if isinstance(item, Done):
+            break
+        late += 1
+    assert item.reason == "cancelled"
+    assert late <= 1  # at most the token already in flight
+    assert scheduler.counts() == (0, 0)
+
+
+def test_prefix_reuse_lands_on_the_slot_holding_the_prefix(scheduler: Scheduler, model: LlamaModel) -> None:
+    first = prompt(model, "Describe the sea in one sentence.")
+    run(scheduler, [(first, GREEDY)], max_tokens=4)
+    longer = first + model.tokenize(" And the sky?", add_special=False)
+    collector = Collector()
+    scheduler.submit(SequenceJob(longer, GREEDY, 4, collector.deliver))
+    done = collector.wait()
+    assert done.cached_tokens == len(first)
+
+
+def test_queue_past_its_bound_is_refused(model: LlamaModel) -> None:
+    sched = Scheduler(model, EngineConfig(model_path=model.path, ctx_size=512, threads=2, parallel=1, max_queue=1))
+    try:
+        blockers = [Collector(), Collector()]
+        jobs = [SequenceJob(prompt(model, "Write a long poem."), GREEDY, 400, c.deliver) for c in blockers]
+        sched.submit(jobs[0])
+        deadline = time.monotonic() + 30
+        while sched.counts()[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sched.submit(jobs[1])  # waits
+        with pytest.raises(Overloaded):
+            sched.submit(SequenceJob(prompt(model, "hi"), GREEDY, 4, Collector().deliver))
+        for job in jobs:
+            job.cancelled = True
+        assert all(c.wait().reason == "cancelled" for c in blockers)
+    finally:
+        sched.close()
+
+
+def test_many_threads_submitting_at_once(scheduler: Scheduler, model: LlamaModel) -> None:
+    texts = [f"Say the number {i}." for i in range(6)]
+    results: dict[int, list[int]] = {}
+
+    def worker(i: int) -> None:
+        results[i] = run(scheduler, [(prompt(model, texts[i]), GREEDY)], max_tokens=12)[0]
+
+    # max_queue=2 with 4 slots: 6 simultaneous submissions fit (4 active + 2 waiting).
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(results) == list(range(6))
+    for i in range(6):
+        assert results[i] == run(scheduler, [(prompt(model, texts[i]), GREEDY)], max_tokens=12)[0]

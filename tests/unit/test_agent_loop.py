@@ -1,0 +1,230 @@
+"""The agent loop with a scripted engine and fake tool plugins, through the official SDKs
+(strict parsing of every frame), streaming and not, in all three dialects."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.config import ToolsConfig
+from runtime.engine.fake import FakeEngine
+from runtime.events import Event, TextDelta, ToolCallDelta, ToolCallEnd, ToolCallStart
+from runtime.hookspecs import hookimpl
+from runtime.ir import ToolCallPart, ToolResultPart
+from runtime.plugins import load_plugins
+from runtime.tools import ToolContext, ToolOutput
+from tests.conftest import FakeServer, serve_fake
+
+ADD_SCHEMA = {
+    "type": "object",
+    "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+    "required": ["a", "b"],
+}
+
+
+class AddTool:
+    name = "add"
+    description = "Add two numbers."
+    parameters = ADD_SCHEMA
+
+    async def run(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
+        context.session.state["adds"] = context.session.state.get("adds", 0) + 1
+        return ToolOutput(str(arguments["a"] + arguments["b"]))
+
+
+class FailTool:
+    name = "fail"
+    description = "Always breaks."
+    parameters = {"type": "object", "properties": {}}
+
+    async def run(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
+        raise RuntimeError("disk on fire")
+
+
+class SlowTool:
+    name = "slow"
+    description = "Never finishes in time."
+    parameters = {"type": "object", "properties": {}}
+
+    async def run(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
+        await asyncio.sleep(30)
+        return ToolOutput("too late")
+
+
+class FakeTools:
+    @hookimpl
+    def register_tools(self, register: Callable[[Any], None]) -> None:
+        for tool in (AddTool(), FailTool(), SlowTool()):
+            register(tool)
+
+
+def call(name: str, arguments: str, call_id: str = "call_1", index: int = 0) -> list[Event]:
+    half = len(arguments) // 2
+    return [
+        ToolCallStart(index, call_id, name),
+        ToolCallDelta(index, arguments[:half]),
+        ToolCallDelta(index, arguments[half:]),
+        ToolCallEnd(index, call_id, name, arguments),
+    ]
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[FakeServer]:
+    tools = load_plugins([FakeTools()], load_entry_points=False, default_plugins=(), search_provider=None)
+    config = ToolsConfig(tool_timeout=0.5, max_iterations=3)
+    with serve_fake(tmp_path, FakeEngine(), tools=tools, tools_config=config) as server:
+        yield server
+
+
+def server_tools(*names: str, session: str | None = "s1") -> dict[str, Any]:
+    return {"enable_tools": True, "enabled_tools": list(names), "session_id": session}
+
+
+HI = [{"role": "user", "content": "What is 1 + 2?"}]
+
+# -- Chat Completions --------------------------------------------------------------------------------
+
+
+def chat_stream(agent: FakeServer, **kwargs: Any) -> list[Any]:
+    return list(agent.openai().chat.completions.create(model="m", messages=HI, stream=True, **kwargs))
+
+
+def tool_results(chunks: list[Any]) -> list[dict[str, Any]]:
+    return [c.model_extra["tool_result"] for c in chunks if (c.model_extra or {}).get("tool_result")]
+
+
+def test_chat_two_step_server_calls_then_answer(agent: FakeServer) -> None:
+    agent.engine.enqueue(
+        call("add", '{"a": 1, "b": 2}'), call("add", '{"a": 3, "b": 4}', "call_2"), "The answers are 3 and 7."
+    )
+    chunks = chat_stream(agent, extra_body=server_tools("add"))
+    assert [r["output"] for r in tool_results(chunks)] == ["3", "7"]
+    announced = [c.model_extra["tool_call"] for c in chunks if (c.model_extra or {}).get("tool_call")]
+    assert [a["name"] for a in announced] == ["add", "add"]
+    assert all(not c.choices[0].delta.tool_calls for c in chunks if c.choices)  # never a client call
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "The answers are 3 and 7."
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+    # The model saw its call and the result on the next turn; the server tools were offered.
+    second, third = agent.engine.requests[1], agent.engine.requests[2]
+    assert {t.name for t in second.tools} == {"add"}
+    assert second.messages[-2].parts == [ToolCallPart("call_1", "add", '{"a": 1, "b": 2}')]
+    assert second.messages[-1].parts == [ToolResultPart("call_1", "3", False, "add")]
+    assert len(third.messages) == len(second.messages) + 2
+
+
+def test_chat_non_stream_carries_the_transcript(agent: FakeServer) -> None:
+    agent.engine.enqueue(call("add", '{"a": 1, "b": 2}'), "It is 3.")
+    response = agent.openai().chat.completions.create(model="m", messages=HI, extra_body=server_tools("add"))
+    assert response.choices[0].message.content == "It is 3."
+    assert response.choices[0].finish_reason == "stop"
+    assert response.choices[0].message.tool_calls is None
+    assert response.model_extra["tool_results"][0]["output"] == "3"
+    assert response.usage is not None and response.usage.completion_tokens > 0
+
+
+def test_chat_mixed_server_and_client_tools(agent: FakeServer) -> None:
+    client_tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    agent.engine.enqueue(
+        [*call("add", '{"a": 1, "b": 1}'), *call("get_weather", '{"city": "Paris"}', "call_w", index=1)]
+    )
+    chunks = chat_stream(agent, tools=[client_tool], extra_body=server_tools("add"))
+    assert [r["output"] for r in tool_results(chunks)] == ["2"]
+    client_calls = [c.choices[0].delta.tool_calls[0] for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+    assert client_calls[0].index == 0 and client_calls[0].function.name == "get_weather"
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert {t.name for t in agent.engine.requests[0].tools} == {"get_weather", "add"}
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments", "needle"),
+    [
+        ("fail", "{}", "disk on fire"),
+        ("slow", "{}", "did not finish"),
+        ("add", '{"a": 1}', "'b' is a required property"),
+        ("add", '{"a": 1, ', "not valid JSON"),
+    ],
+)
+def test_chat_tool_failures_become_error_results(agent: FakeServer, name: str, arguments: str, needle: str) -> None:
+    agent.engine.enqueue(call(name, arguments), "Sorry.")
+    chunks = chat_stream(agent, extra_body=server_tools("add", "fail", "slow"))
+    (result,) = tool_results(chunks)
+    assert result["is_error"] is True and needle in result["output"]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert agent.engine.requests[-1].messages[-1].parts[0].is_error  # the model reads the failure
+
+
+def test_chat_iteration_cap_ends_with_a_text_turn(agent: FakeServer) -> None:
+    # The fourth call comes in the final, tool-less turn: it is neither run nor shown as a client call.
+    agent.engine.enqueue(*[call("add", '{"a": 1, "b": 1}', f"call_{i}") for i in range(4)])
+    chunks = chat_stream(agent, extra_body=server_tools("add"))
+    assert len(tool_results(chunks)) == 3
+    assert all(not c.choices[0].delta.tool_calls for c in chunks if c.choices)
+    last = agent.engine.requests[-1]
+    assert last.tools == [] and last.tool_choice.mode == "auto"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_chat_request_cap_is_honoured(agent: FakeServer) -> None:
+    agent.engine.enqueue(call("add", '{"a": 1, "b": 1}'), "Done.")
+    chunks = chat_stream(agent, extra_body={**server_tools("add"), "max_tool_calls_per_message": 1})
+    assert len(tool_results(chunks)) == 1
+    assert agent.engine.requests[-1].tools == []
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Done."
+
+
+def test_unknown_server_tool_is_a_400(agent: FakeServer) -> None:
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat_stream(agent, extra_body=server_tools("nope"))
+    assert "nope" in str(caught.value) and "add" in str(caught.value)
+
+
+def test_session_state_persists_and_is_per_key(agent: FakeServer) -> None:
+    for _ in range(2):
+        agent.engine.enqueue(call("add", '{"a": 1, "b": 1}'), "ok")
+        chat_stream(agent, extra_body=server_tools("add"))
+    sessions = agent.openai().get("/sessions", cast_to=object)
+    assert [s["id"] for s in sessions["data"]] == ["s1"]  # type: ignore[index]
+
+    _, other = agent.keys.create("other")
+    assert agent.openai(other).get("/sessions", cast_to=object)["data"] == []  # type: ignore[index]
+
+
+def test_session_tool_endpoint(agent: FakeServer) -> None:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {agent.key}"}
+    url = f"{agent.base_url}/v1/sessions/nb/tools/add"
+    ok = httpx.post(url, json={"a": 2, "b": 40}, headers=headers).json()
+    assert (ok["output"], ok["is_error"]) == ("42", False)
+    bad = httpx.post(url, json={"a": "x"}, headers=headers).json()
+    assert bad["is_error"] is True
+    missing = httpx.post(f"{agent.base_url}/v1/sessions/nb/tools/nope", json={}, headers=headers)
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+    deleted = httpx.delete(f"{agent.base_url}/v1/sessions/nb", headers=headers)
+    assert deleted.json()["deleted"] is True
+    assert httpx.delete(f"{agent.base_url}/v1/sessions/nb", headers=headers).status_code == 404
+
+
+def test_plain_requests_never_run_tools(agent: FakeServer) -> None:
+    agent.engine.enqueue(call("add", '{"a": 1, "b": 2}'))
+    response = agent.openai().chat.completions.create(model="m", messages=HI)
+    # Without enable_tools the call is just a (client) call: nothing ran on the server.
+    assert response.choices[0].finish_reason == "tool_calls"
+    assert "tool_results" not in (response.model_extra or {})
+    assert json.loads(response.choices[0].message.tool_calls[0].function.arguments) == {"a": 1, "b": 2}
+
+
+def test_text_only_answer_with_tools_enabled(agent: FakeServer) -> None:
+    agent.engine.enqueue([TextDelta("Three.")])
+    chunks = chat_stream(agent, extra_body=server_tools("add", session=None))
+    assert tool_results(chunks) == []
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Three."
