@@ -1,15 +1,49 @@
-"""Native llama.cpp sampler chains, one per sequence."""
+"""Native llama.cpp sampler chains, one per sequence, with an optional GBNF grammar.
+
+The grammar is kept outside the chain so that it can be applied the way llama.cpp's own
+common sampler does: sample from the unconstrained chain, check only that one token against
+the grammar, and run the grammar over the whole vocabulary only when the token is rejected.
+That gives the same distribution as grammar-first sampling (a rejected draw is redrawn from
+the constrained one) at a fraction of the cost.
+
+A lazy grammar (tool calls in `auto` mode) waits for a trigger text in the output. The
+trigger is watched here in Python rather than with `llama_sampler_init_grammar_lazy_patterns`:
+when the token that completes a trigger carries text the grammar rejects, the native lazy
+sampler throws a C++ exception through the C API, which aborts the process. Here the text
+from the trigger on is re-fed token by token, each checked first, and an output that does not
+fit simply stays unconstrained (the tool-call parser then treats it as text).
+"""
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import math
 from dataclasses import dataclass
 
 import llama_cpp
+import numpy as np
 
 from runtime.errors import InvalidRequest
 
+log = logging.getLogger(__name__)
+
 RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
 PENALTY_LAST_N = 64
+WHITESPACE = b" \t\r\n"
+
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+assert _TOKEN_DATA.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
+
+
+@dataclass(frozen=True, slots=True)
+class GrammarTrigger:
+    """Where a lazy grammar starts: the first `text` in the output or, with `at_start`,
+    `text` as the first thing after leading whitespace. The grammar's root matches from
+    the start of `text` on."""
+
+    text: str
+    at_start: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,23 +57,87 @@ class SamplerParams:
     frequency_penalty: float = 0.0
     seed: int | None = None
     grammar: str | None = None  # GBNF, root rule `root`
+    grammar_triggers: tuple[GrammarTrigger, ...] = ()  # non-empty: the grammar is lazy
+    grammar_check_first: bool = True  # False: apply the grammar to every candidate, every step
+
+
+class GrammarMatcher:
+    """A compiled grammar and its parse state; checks and accepts single tokens safely."""
+
+    def __init__(self, vocab: llama_cpp.llama_vocab_p, gbnf: str) -> None:
+        self.sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+        if not self.sampler:
+            raise InvalidRequest("the output grammar could not be compiled", param="response_format")
+        self._one = llama_cpp.llama_token_data(0, 0.0, 0.0)
+        self._one_array = llama_cpp.llama_token_data_array(ctypes.pointer(self._one), 1, -1, False)
+
+    def allows(self, token: int) -> bool:
+        self._one.id, self._one.logit, self._one.p = token, 0.0, 0.0
+        self._one_array.data = ctypes.pointer(self._one)
+        self._one_array.size, self._one_array.selected = 1, -1
+        llama_cpp.llama_sampler_apply(self.sampler, ctypes.byref(self._one_array))
+        return self._one_array.data[0].logit != -math.inf
+
+    def accept(self, token: int) -> None:
+        # Only ever called with a token `allows` approved: accepting anything else makes
+        # llama.cpp throw (or abort on an end-of-generation token).
+        llama_cpp.llama_sampler_accept(self.sampler, token)
+
+    def close(self) -> None:
+        if self.sampler:
+            llama_cpp.llama_sampler_free(self.sampler)
+            self.sampler = None
+
+
+class Candidates:
+    """A reusable `llama_token_data_array` over the whole vocabulary (numpy-backed)."""
+
+    def __init__(self, n_vocab: int) -> None:
+        self.n_vocab = n_vocab
+        self.data = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self._ptr = self.data.ctypes.data_as(llama_cpp.llama_token_data_p)
+        self.array = llama_cpp.llama_token_data_array(self._ptr, n_vocab, -1, False)
+        self.ref = ctypes.byref(self.array)
+
+    def load(self, ctx: llama_cpp.llama_context_p, batch_index: int) -> None:
+        logits = llama_cpp.llama_get_logits_ith(ctx, batch_index)
+        self.data["id"] = self._ids  # samplers sort and truncate in place: reset everything
+        self.data["logit"] = np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
+        self.data["p"] = 0.0
+        self.array.data, self.array.size, self.array.selected, self.array.sorted = self._ptr, self.n_vocab, -1, False
+
+    def selected(self) -> int:
+        return int(self.array.data[self.array.selected].id)
 
 
 class SamplerChain:
-    """Owns a `llama_sampler*` chain. Order follows llama.cpp's common sampler:
-    grammar, penalties, top-k, top-p, min-p, temperature, then the final pick."""
+    """Owns a `llama_sampler*` chain (penalties, top-k, top-p, min-p, temperature, final
+    pick) and, when asked for, a grammar applied around it."""
 
     def __init__(self, vocab: llama_cpp.llama_vocab_p, n_vocab: int, params: SamplerParams) -> None:
+        self.vocab = vocab
+        self.params = params
+        self.grammar: GrammarMatcher | None = None
+        self._candidates: Candidates | None = None
+        self._triggers = params.grammar_triggers if params.grammar else ()
+        self._output = b""  # what was generated while a lazy grammar waits
+        self._piece_buf = ctypes.create_string_buffer(64)
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self.chain = llama_cpp.llama_sampler_chain_init(chain_params)
-        add = lambda s: llama_cpp.llama_sampler_chain_add(self.chain, s)  # noqa: E731
-        if params.grammar:
-            grammar = llama_cpp.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
-            if not grammar:
+        if params.grammar and not self._triggers:
+            try:
+                self.grammar = GrammarMatcher(vocab, params.grammar)
+            except InvalidRequest:
                 self.close()
-                raise InvalidRequest("the output grammar could not be compiled", param="response_format")
-            add(grammar)
+                raise
+        if params.grammar:
+            self._candidates = Candidates(n_vocab)
+        self._build_chain(params)
+
+    def _build_chain(self, params: SamplerParams) -> None:
+        add = lambda s: llama_cpp.llama_sampler_chain_add(self.chain, s)  # noqa: E731
         if params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
             # The binding declares a leading `n_vocab` the C function no longer has; both
             # integer slots get `last_n` so either reading of the ABI means the same thing.
@@ -67,9 +165,98 @@ class SamplerChain:
 
     def sample(self, ctx: llama_cpp.llama_context_p, batch_index: int) -> int:
         """Pick (and accept) the next token from the logits at `batch_index`."""
-        return llama_cpp.llama_sampler_sample(self.chain, ctx, batch_index)
+        if self.grammar is None:
+            token = llama_cpp.llama_sampler_sample(self.chain, ctx, batch_index)
+            if self._triggers:
+                self._watch(token)
+            return token
+        grammar, cand = self.grammar, self._candidates
+        assert cand is not None
+        cand.load(ctx, batch_index)
+        if self.params.grammar_check_first:
+            llama_cpp.llama_sampler_apply(self.chain, cand.ref)
+            token = cand.selected()
+            if grammar.allows(token):
+                return self._accept(token)
+            cand.load(ctx, batch_index)
+        llama_cpp.llama_sampler_apply(grammar.sampler, cand.ref)
+        llama_cpp.llama_sampler_apply(self.chain, cand.ref)
+        token = cand.selected()
+        if not grammar.allows(token):
+            # Every candidate was masked (a grammar no token can continue): end the output
+            # rather than accept a token llama.cpp would abort on.
+            log.warning("the grammar allows no next token; ending the output")
+            return llama_cpp.llama_vocab_eos(self.vocab)
+        return self._accept(token)
+
+    def _accept(self, token: int) -> int:
+        assert self.grammar is not None
+        self.grammar.accept(token)
+        llama_cpp.llama_sampler_accept(self.chain, token)
+        return token
+
+    def _piece(self, token: int) -> bytes:
+        buf = self._piece_buf
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:n]
+
+    def _watch(self, token: int) -> None:
+        """Lazy grammar: look for a trigger in the output; start the grammar at it."""
+        before = len(self._output)
+        self._output += self._piece(token)
+        starts = []
+        for trigger in self._triggers:
+            text = trigger.text.encode()
+            if trigger.at_start:
+                rest = self._output.lstrip(WHITESPACE)
+                if rest.startswith(text):
+                    starts.append(len(self._output) - len(rest))
+            else:
+                at = self._output.find(text, max(0, before - len(text) + 1))
+                if at >= 0:
+                    starts.append(at)
+        if starts:
+            self._start_grammar(self._output[min(starts) :])
+
+    def _start_grammar(self, region: bytes) -> None:
+        assert self.params.grammar is not None
+        self._triggers, self._output = (), b""
+        try:
+            grammar = GrammarMatcher(self.vocab, self.params.grammar)
+        except InvalidRequest:  # the engine compiles every grammar up front; belt and braces
+            log.warning("a lazy grammar failed to compile; leaving the output unconstrained")
+            return
+        try:
+            text = region.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        tokens = _tokenize(self.vocab, text) if text is not None else None
+        for token in tokens or []:
+            if not grammar.allows(token):
+                tokens = None
+                break
+            grammar.accept(token)
+        if tokens is None:
+            log.debug("output after a grammar trigger does not fit the grammar; leaving it unconstrained")
+            grammar.close()
+            return
+        self.grammar = grammar
 
     def close(self) -> None:
         if self.chain:
             llama_cpp.llama_sampler_free(self.chain)
             self.chain = None
+        if self.grammar is not None:
+            self.grammar.close()
+            self.grammar = None
+
+
+def _tokenize(vocab: llama_cpp.llama_vocab_p, text: str) -> list[int]:
+    data = text.encode("utf-8")
+    capacity = len(data) + 8
+    buf = (llama_cpp.llama_token * capacity)()
+    n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, capacity, False, True)
+    return list(buf[: max(n, 0)])
