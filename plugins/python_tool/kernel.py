@@ -1,0 +1,245 @@
+"""One persistent Jupyter kernel per session, running inside the bubblewrap sandbox.
+
+Why it is built this way (see notes/sandbox.md):
+- `transport="ipc"`: Unix sockets in a private runtime directory cross `--unshare-net`, TCP does not.
+  That directory is bound at the *same path* inside, because the socket paths in the connection
+  file must mean the same thing on both sides.
+- `interrupt_mode="message"`: a SIGINT to the process jupyter_client launched would hit bwrap's
+  process group, not the kernel; an `interrupt_request` makes ipykernel signal itself.
+- The interpreter must be visible inside the sandbox: Debian's /usr/bin/python3 (with the
+  `python3-ipykernel` package) by default, since a venv whose base interpreter lives under /root
+  cannot be traversed by the sandbox uid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.manager import AsyncKernelManager
+
+from plugins.python_tool.messages import Execution, collect
+from runtime.sandbox import SandboxRunner, reap_orphans
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERPRETER = "/usr/bin/python3"
+INTERPRETER_ENV = "TOOLSTUDIO_KERNEL_PYTHON"  # operator override without code changes
+LOST_STATE = "all variables, imports and definitions from earlier calls are gone"
+
+
+class KernelStartError(RuntimeError):
+    """The kernel did not come up; the message says why and what the operator can do."""
+
+
+class SandboxedKernelManager(AsyncKernelManager):
+    """An AsyncKernelManager whose kernel command is wrapped in the sandbox command line."""
+
+    def __init__(self, *, prefix: Sequence[str], owner: tuple[int, int] | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._sandbox_prefix = list(prefix)
+        self._owner = owner
+
+    def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+        return [*self._sandbox_prefix, *super().format_kernel_cmd(extra_arguments)]
+
+    def write_connection_file(self, **kwargs: Any) -> None:
+        super().write_connection_file(**kwargs)
+        if self._owner is not None:  # written 0600 by root; the kernel runs as the sandbox uid
+            os.chown(self.connection_file, *self._owner)
+
+
+class SessionKernel:
+    """A session's kernel: started on first use, restarted when it dies, shut down with the session."""
+
+    def __init__(
+        self,
+        runner: SandboxRunner,
+        workspace: Path,
+        *,
+        interpreter: str | None = None,
+        ro_binds: Sequence[tuple[Path, str]] = (),
+        startup_timeout: float = 30.0,
+        interrupt_grace: float = 5.0,
+    ) -> None:
+        self.runner = runner
+        self.workspace = workspace
+        self.interpreter = interpreter or os.environ.get(INTERPRETER_ENV) or DEFAULT_INTERPRETER
+        self.ro_binds = list(ro_binds)
+        self.startup_timeout = startup_timeout
+        self.interrupt_grace = interrupt_grace
+        self._km: SandboxedKernelManager | None = None
+        self._kc: Any = None  # AsyncKernelClient (untyped in jupyter_client)
+        self._runtime_dir: Path | None = None
+        self._lock = asyncio.Lock()  # one execution at a time; parallel tool calls queue here
+        self.start_seconds: float | None = None  # last start + ready time, for logs and metrics
+
+    @property
+    def started(self) -> bool:
+        return self._km is not None
+
+    @property
+    def runtime_dir(self) -> Path | None:
+        """The running kernel's private directory (connection file, sockets, log), if any."""
+        return self._runtime_dir
+
+    async def execute(self, code: str, timeout: float) -> Execution:
+        """Run `code`; on timeout interrupt (state kept); on a crash restart (state lost)."""
+        async with self._lock:
+            notes: list[str] = []
+            if self._km is not None and not await self._km.is_alive():
+                await self._stop()
+                notes.append(f"The Python kernel had died since the last call and was restarted: {LOST_STATE}.")
+            if self._km is None:
+                await self._start()
+            assert self._km is not None
+            try:
+                result = await collect(self._km, self._kc, code, timeout, self.interrupt_grace)
+            except asyncio.CancelledError:  # the request went away: do not leave the cell running
+                with contextlib.suppress(Exception):
+                    await self._km.interrupt_kernel()
+                raise
+            if result.kernel_died or result.stuck:
+                await self._stop()
+                with contextlib.suppress(KernelStartError):  # the next call retries and reports
+                    await self._start()
+                cause = "died (crashed or exited)" if result.kernel_died else "did not stop when interrupted"
+                notes.append(f"The Python kernel {cause} and was restarted: {LOST_STATE}.")
+            result.notes[:0] = notes
+            return result
+
+    async def shutdown(self) -> None:
+        async with self._lock:
+            await self._stop()
+
+    def _kernel_spec(self) -> KernelSpec:
+        argv = [self.interpreter, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        # No history database: nothing to write, one thread fewer, faster start.
+        argv.append("--HistoryManager.enabled=False")
+        return KernelSpec(argv=argv, display_name="toolstudio", language="python", interrupt_mode="message")
+
+    def _manager(self, runtime_dir: Path) -> tuple[SandboxedKernelManager, dict[str, str]]:
+        """The kernel manager for a kernel living in `runtime_dir`, and the environment to launch it with."""
+        runner = self.runner
+        owner: tuple[int, int] | None = None
+        if runner.sandboxed:
+            env = {"MPLCONFIGDIR": "/tmp/matplotlib", "IPYTHONDIR": "/tmp/ipython", "PYTHONUNBUFFERED": "1"}
+            prefix = runner.argv(
+                [],
+                self.workspace,
+                extra_binds=[(runtime_dir, str(runtime_dir))],
+                ro_binds=self.ro_binds,
+                env=env,
+                limits=runner.config.kernel_limits,
+            )
+            launch_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # for setpriv/prlimit/bwrap; bwrap clears it
+            if os.geteuid() == 0:
+                owner = (runner.uid, runner.gid)
+        else:
+            prefix = runner.argv([], self.workspace, limits=runner.config.kernel_limits)
+            private = {"MPLCONFIGDIR": str(runtime_dir / "mpl"), "IPYTHONDIR": str(runtime_dir / "ipy")}
+            launch_env = runner.unsafe_env(self.workspace, private)
+        km = SandboxedKernelManager(
+            prefix=prefix,
+            owner=owner,
+            transport="ipc",
+            ip=str(runtime_dir / "zmq"),
+            connection_file=str(runtime_dir / "kernel.json"),
+        )
+        km._kernel_spec = self._kernel_spec()  # ours, not one looked up in the host's kernelspecs
+        return km, launch_env
+
+    async def _start(self) -> None:
+        self.runner.ensure_available()
+        self.runner.prepare_workspace(self.workspace)
+        await asyncio.to_thread(_purge_stale_runtime_dirs, self.runner.config.state_dir / "run")
+        self._runtime_dir = runtime_dir = self.runner.make_private_dir("kernel-")
+        log_path = runtime_dir / "kernel.log"
+        started = time.monotonic()
+        try:
+            km, launch_env = self._manager(runtime_dir)
+        except BaseException:
+            await self._stop()  # removes the runtime dir
+            raise
+        self._km = km
+        try:
+            with log_path.open("ab") as kernel_log:  # the child keeps its own copy of the fd
+                await km.start_kernel(
+                    cwd=str(self.workspace),
+                    env=launch_env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=kernel_log,
+                    stderr=kernel_log,
+                )
+            self._kc = km.client()
+            self._kc.start_channels()
+            await self._kc.wait_for_ready(timeout=self.startup_timeout)
+        except Exception as exc:
+            detail = _tail(log_path)
+            await self._stop()
+            raise KernelStartError(
+                f"The Python kernel failed to start ({type(exc).__name__}: {exc}). Interpreter: "
+                f"{self.interpreter} (it needs ipykernel, e.g. `apt-get install python3-ipykernel`; "
+                f"set {INTERPRETER_ENV} to use another).{detail}"
+            ) from exc
+        self.start_seconds = time.monotonic() - started
+        log.info("python kernel started for %s in %.2f s", self.workspace, self.start_seconds)
+
+    async def _stop(self) -> None:
+        km, kc, runtime_dir = self._km, self._kc, self._runtime_dir
+        self._km = self._kc = self._runtime_dir = None
+        if kc is not None:
+            with contextlib.suppress(Exception):
+                kc.stop_channels()
+        if km is not None:
+            try:
+                await km.shutdown_kernel(now=True)  # killpg of bwrap: its namespace dies with it
+            except Exception:
+                log.exception("kernel shutdown failed for %s", self.workspace)
+        if runtime_dir is not None:
+            await asyncio.to_thread(shutil.rmtree, runtime_dir, True)
+        reap_orphans()
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().call_later(1.0, reap_orphans)
+
+
+@functools.cache  # once per directory and process: later ones are ours and cleaned up by _stop
+def _purge_stale_runtime_dirs(base: Path) -> None:
+    """Remove kernel directories a crashed server left behind (no live process names them)."""
+    stale = [d for d in base.glob("kernel-*") if time.time() - _mtime(d) > 60]
+    if not stale:
+        return
+    cmdlines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            cmdlines.append(cmdline.read_bytes().decode(errors="replace"))
+    live = "\n".join(cmdlines)
+    for directory in stale:
+        if str(directory) not in live:  # a running kernel's bwrap has it in its --bind arguments
+            log.info("removing stale kernel directory %s", directory)
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return time.time()
+
+
+def _tail(path: Path, limit: int = 2000) -> str:
+    try:
+        text = path.read_bytes()[-limit:].decode("utf-8", errors="replace").strip()
+    except OSError:
+        return ""
+    return f"\nKernel log:\n{text}" if text else ""
