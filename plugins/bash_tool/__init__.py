@@ -36,7 +36,8 @@ class BashTool:
             "command": {"type": "string", "description": "The command line, run with `bash -c`."},
             "timeout": {
                 "type": "number",
-                "exclusiveMinimum": 0,
+                "minimum": 1,
+                "maximum": 600,
                 "description": "Seconds before the command and all its processes are killed (default 30).",
             },
         },

@@ -41,7 +41,8 @@ class PythonTool:
             "code": {"type": "string", "description": "Python source to execute (several lines allowed)."},
             "timeout": {
                 "type": "number",
-                "exclusiveMinimum": 0,
+                "minimum": 1,
+                "maximum": 600,
                 "description": "Seconds before execution is interrupted (default 30). State is kept.",
             },
         },
