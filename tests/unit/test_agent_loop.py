@@ -228,3 +228,35 @@ def test_text_only_answer_with_tools_enabled(agent: FakeServer) -> None:
     chunks = chat_stream(agent, extra_body=server_tools("add", session=None))
     assert tool_results(chunks) == []
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Three."
+
+
+# -- Responses ----------------------------------------------------------------------------------------
+
+
+def test_responses_server_calls_stream_and_not(agent: FakeServer) -> None:
+    client = agent.openai()
+    agent.engine.enqueue(call("add", '{"a": 1, "b": 2}'), "It is 3.")
+    events = list(client.responses.create(model="m", input="1+2?", stream=True, extra_body=server_tools("add")))
+    results = [e for e in events if e.type == "tool_result"]
+    assert [r.output for r in results] == ["3"]  # type: ignore[attr-defined]
+    assert not [e for e in events if e.type.startswith("response.function_call_arguments")]
+    final = events[-1]
+    assert final.type == "response.completed"
+    assert [item.type for item in final.response.output] == ["message"]  # no function_call item
+    assert final.response.output_text == "It is 3."
+
+    agent.engine.enqueue(call("fail", "{}"), "Broken.")
+    response = client.responses.create(model="m", input="break it", extra_body=server_tools("fail"))
+    assert response.output_text == "Broken."
+    assert response.model_extra["tool_results"][0]["is_error"] is True
+
+
+def test_responses_mixed_server_and_client_tools(agent: FakeServer) -> None:
+    weather = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}
+    agent.engine.enqueue([*call("add", '{"a": 2, "b": 2}'), *call("get_weather", "{}", "call_w", index=1)])
+    response = agent.openai().responses.create(
+        model="m", input="weather?", tools=[weather], extra_body=server_tools("add")
+    )
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert [c.name for c in calls] == ["get_weather"]
+    assert response.model_extra["tool_results"][0]["output"] == "4"
