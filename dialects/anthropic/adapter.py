@@ -1,0 +1,185 @@
+"""Anthropic Messages request -> the neutral `ChatRequest`.
+
+The checks here are the ones Anthropic's API makes too (first turn from the user, non-empty
+turns, tool results answering a `tool_use` of the previous turn, block types by role), each a
+400 naming the offending field, so a bad conversation never reaches the template as garbage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dialects.anthropic.content import assistant_parts, system_text, user_messages
+from dialects.anthropic.protocol import (
+    ContentBlock,
+    CreateMessageRequest,
+    MessageInputs,
+    TextBlock,
+    ThinkingConfig,
+    ToolChoiceAny,
+    ToolChoiceNone,
+    ToolChoiceTool,
+    ToolUseBlock,
+)
+from dialects.anthropic.tools import tool_specs
+from dialects.common import server_tools
+from runtime.errors import InvalidRequest, UnsupportedFeature
+from runtime.ir import (
+    ChatRequest,
+    Message,
+    OutputFormat,
+    Sampling,
+    ServerTools,
+    TextPart,
+    ToolChoice,
+    ToolSpec,
+)
+
+
+@dataclass(slots=True)
+class Turn:
+    """Consecutive messages of one role, merged as Anthropic merges them. Each block keeps the
+    path of where it came from, so errors point at the client's own indices."""
+
+    role: str
+    index: int
+    blocks: list[tuple[str, ContentBlock]] = field(default_factory=list)
+
+
+def _turns(wire: MessageInputs) -> list[Turn]:
+    turns: list[Turn] = []
+    for i, message in enumerate(wire.messages):
+        if not turns or turns[-1].role != message.role:
+            turns.append(Turn(message.role, i))
+        content = [TextBlock(message.content)] if isinstance(message.content, str) else message.content
+        turns[-1].blocks.extend((f"messages[{i}].content[{j}]", block) for j, block in enumerate(content))
+    return turns
+
+
+def _is_empty(turn: Turn) -> bool:
+    return all(isinstance(block, TextBlock) and not block.text for _, block in turn.blocks)
+
+
+def _messages(wire: MessageInputs) -> list[Message]:
+    messages: list[Message] = []
+    if wire.system:
+        system = (
+            wire.system if isinstance(wire.system, str) else [(f"system[{j}]", b) for j, b in enumerate(wire.system)]
+        )
+        messages.append(Message("system", [TextPart(system_text(system))]))
+    turns = _turns(wire)
+    conversation = [t for t in turns if t.role != "system"]
+    if not conversation:
+        raise InvalidRequest("messages: at least one user message is required", param="messages")
+    if conversation[0].role != "user":
+        raise InvalidRequest(
+            'messages: first message must use the "user" role', param=f"messages[{conversation[0].index}].role"
+        )
+    if turns[-1].role == "assistant":
+        if not _is_empty(turns[-1]):
+            # Continuing a partial assistant turn needs a template without the generation
+            # prompt; rendering it as a finished turn would silently answer something else.
+            raise UnsupportedFeature(
+                "a final assistant message (prefill) is not supported by this server; end with a user message",
+                param=f"messages[{turns[-1].index}]",
+            )
+        turns.pop()
+    previous_calls: dict[str, str] = {}
+    for turn in turns:
+        if _is_empty(turn):
+            raise InvalidRequest(
+                f"messages[{turn.index}]: all messages must have non-empty content "
+                "except for the optional final assistant message",
+                param=f"messages[{turn.index}].content",
+            )
+        if turn.role == "system":
+            messages.append(Message("system", [TextPart(system_text(turn.blocks))]))
+        elif turn.role == "assistant":
+            messages.append(Message("assistant", assistant_parts(turn.blocks)))
+            previous_calls = {b.id: b.name for _, b in turn.blocks if isinstance(b, ToolUseBlock)}
+        else:
+            messages.extend(user_messages(turn.blocks, previous_calls))
+            previous_calls = {}
+    return messages
+
+
+def _tool_choice(wire: MessageInputs, tools: list[ToolSpec], server: ServerTools) -> tuple[ToolChoice, bool]:
+    """The IR choice, and whether parallel calls stay allowed."""
+    choice = wire.tool_choice
+    if choice is None:
+        return ToolChoice("auto"), True
+    parallel = not getattr(choice, "disable_parallel_tool_use", False)
+    # Forcing a server-side tool is legitimate when the request enables it.
+    callable_names = {t.name for t in tools} | (set(server.names) if server.enabled is not False else set())
+    if isinstance(choice, ToolChoiceNone):
+        return ToolChoice("none"), parallel
+    if isinstance(choice, ToolChoiceTool):
+        if choice.name not in callable_names:
+            raise InvalidRequest(f"tool_choice.name: tool {choice.name!r} is not in tools", param="tool_choice.name")
+        return ToolChoice("function", choice.name), parallel
+    if isinstance(choice, ToolChoiceAny):
+        if not callable_names:
+            raise InvalidRequest("tool_choice: 'any' needs at least one tool in tools", param="tool_choice")
+        return ToolChoice("required"), parallel
+    return ToolChoice("auto"), parallel
+
+
+def _reasoning(thinking: ThinkingConfig | None, max_tokens: int | None) -> bool | None:
+    if thinking is None:
+        return None
+    if thinking.type == "enabled":
+        if thinking.budget_tokens is None:
+            raise InvalidRequest("thinking.enabled.budget_tokens: Field required", param="thinking.budget_tokens")
+        if max_tokens is not None and thinking.budget_tokens >= max_tokens:
+            raise InvalidRequest(
+                "`max_tokens` must be greater than `thinking.budget_tokens`", param="thinking.budget_tokens"
+            )
+        return True
+    if thinking.type == "disabled":
+        return False
+    if thinking.type == "adaptive":
+        return True
+    return None  # a mode this server doesn't know: leave the model's default
+
+
+def _output_format(wire: MessageInputs) -> OutputFormat:
+    fmt = (wire.output_config.format if wire.output_config else None) or wire.output_format
+    if fmt is None:
+        return OutputFormat()
+    # Anthropic's structured outputs are always enforced, never best-effort.
+    return OutputFormat("json_schema", schema=fmt.schema, name="output", strict=True)
+
+
+def _sampling(wire: MessageInputs) -> Sampling:
+    if not isinstance(wire, CreateMessageRequest):
+        return Sampling()
+    stop = list(wire.stop_sequences or [])
+    for i, sequence in enumerate(stop):
+        if not sequence:
+            raise InvalidRequest("stop_sequences: each stop sequence must be non-empty", param=f"stop_sequences[{i}]")
+    return Sampling(
+        temperature=wire.temperature,
+        top_p=wire.top_p,
+        top_k=wire.top_k,
+        max_tokens=wire.max_tokens,
+        stop=stop,
+    )
+
+
+def to_ir(wire: MessageInputs) -> ChatRequest:
+    """Map a `create` or `count_tokens` body; only `create` carries sampling and `max_tokens`."""
+    tools = tool_specs(wire.tools)
+    server = server_tools(wire.enable_tools, wire.enabled_tools, wire.session_id, wire.max_tool_calls_per_message)
+    choice, parallel = _tool_choice(wire, tools, server)
+    sampling = _sampling(wire)
+    return ChatRequest(
+        model=wire.model,
+        messages=_messages(wire),
+        sampling=sampling,
+        tools=tools,
+        tool_choice=choice,
+        parallel_tool_calls=parallel,
+        output_format=_output_format(wire),
+        reasoning=_reasoning(wire.thinking, sampling.max_tokens),
+        server_tools=server,
+    )
