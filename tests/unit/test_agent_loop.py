@@ -260,3 +260,34 @@ def test_responses_mixed_server_and_client_tools(agent: FakeServer) -> None:
     calls = [item for item in response.output if item.type == "function_call"]
     assert [c.name for c in calls] == ["get_weather"]
     assert response.model_extra["tool_results"][0]["output"] == "4"
+
+
+# -- Anthropic Messages -------------------------------------------------------------------------------
+
+
+def test_anthropic_server_calls_stream_and_not(agent: FakeServer) -> None:
+    client = agent.anthropic()
+    agent.engine.enqueue(call("add", '{"a": 1, "b": 2}'), "It is 3.")
+    with client.messages.stream(model="m", max_tokens=50, messages=HI, extra_body=server_tools("add")) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    results = [e for e in events if e.type == "tool_result"]
+    assert [r.output for r in results] == ["3"]  # type: ignore[attr-defined]
+    assert final.stop_reason == "end_turn"
+    assert [b.type for b in final.content] == ["text"] and final.content[0].text == "It is 3."
+
+    agent.engine.enqueue(call("slow", "{}"), "Too slow.")
+    message = client.messages.create(model="m", max_tokens=50, messages=HI, extra_body=server_tools("slow"))
+    assert message.stop_reason == "end_turn"
+    assert "did not finish" in message.model_extra["tool_results"][0]["output"]
+
+
+def test_anthropic_mixed_server_and_client_tools(agent: FakeServer) -> None:
+    weather = {"name": "get_weather", "input_schema": {"type": "object", "properties": {}}}
+    agent.engine.enqueue([*call("add", '{"a": 2, "b": 3}'), *call("get_weather", "{}", "call_w", index=1)])
+    message = agent.anthropic().messages.create(
+        model="m", max_tokens=50, messages=HI, tools=[weather], extra_body=server_tools("add")
+    )
+    assert message.stop_reason == "tool_use"
+    assert [b.name for b in message.content if b.type == "tool_use"] == ["get_weather"]
+    assert message.model_extra["tool_results"][0]["output"] == "5"
