@@ -1,0 +1,223 @@
+"""`LlamaEngine`: the default engine, on llama-cpp-python's low-level API."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.config import EngineConfig, SamplingDefaults
+from runtime.engine.base import EngineStats, ModelInfo
+from runtime.engine.grammar import json_object_grammar, schema_grammar
+from runtime.engine.model import LlamaModel
+from runtime.engine.sampler import GrammarMatcher, GrammarTrigger, SamplerParams
+from runtime.engine.scheduler import Done, Scheduler, SequenceJob, Token
+from runtime.engine.stops import StopMatcher
+from runtime.engine.template import ChatTemplate
+from runtime.engine.toolcalls import ToolCallParser, detect_format
+from runtime.errors import ContextLengthExceeded, InvalidRequest
+from runtime.events import Event, Finished, TextDelta, Usage
+from runtime.ir import ChatRequest, ToolSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedPrompt:
+    tokens: list[int]
+    params: SamplerParams
+    max_tokens: int
+    parser: ToolCallParser | None = None  # set when the output may hold client tool calls
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConstraint:
+    grammar: str | None = None
+    triggers: tuple[GrammarTrigger, ...] = ()
+    parser: ToolCallParser | None = None
+
+
+class LlamaEngine:
+    def __init__(self, config: EngineConfig, *, model_id: str, defaults: SamplingDefaults) -> None:
+        self.config = config
+        self.defaults = defaults
+        self.model = LlamaModel(config.model_path)
+        self.ctx_size = min(config.ctx_size, self.model.n_ctx_train) if self.model.n_ctx_train else config.ctx_size
+        if self.ctx_size != config.ctx_size:
+            log.warning("ctx-size %d is above the model's training context; using %d", config.ctx_size, self.ctx_size)
+            config = dataclasses.replace(config, ctx_size=self.ctx_size)
+        self.template = ChatTemplate(
+            self.model.chat_template(), bos_token=self.model.bos_token, eos_token=self.model.eos_token
+        )
+        self.tool_format = detect_format(self.template.source)
+        self.scheduler = Scheduler(self.model, config)
+        self._info = ModelInfo(
+            id=model_id,
+            context_length=self.ctx_size,
+            created=int(config.model_path.stat().st_mtime),
+            description=self.model.description(),
+        )
+        log.info(
+            "model %s ready: %s, context %d tokens per request, %d parallel slots",
+            model_id,
+            self._info.description,
+            self.ctx_size,
+            config.parallel,
+        )
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def stats(self) -> EngineStats:
+        active, waiting = self.scheduler.counts()
+        return EngineStats(active=active, waiting=waiting, slots=len(self.scheduler.slots))
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.scheduler.close)
+        self.model.close()
+
+    # -- prompt ---------------------------------------------------------------------------
+
+    def prompt_tools(self, request: ChatRequest) -> list[ToolSpec]:
+        """The client tools this request offers the model (none under `tool_choice: none`)."""
+        choice = request.tool_choice
+        if choice.mode == "none":
+            return []
+        if choice.mode in ("required", "function") and not request.tools:
+            raise InvalidRequest(f"tool_choice {choice.mode!r} needs at least one tool", param="tool_choice")
+        if choice.mode == "function" and choice.name not in {t.name for t in request.tools}:
+            raise InvalidRequest(
+                f"tool_choice names {choice.name!r}, which is not among the tools", param="tool_choice"
+            )
+        return request.tools
+
+    def render(self, request: ChatRequest) -> str:
+        tools = self.prompt_tools(request)
+        # Every format rewrites the history (templates without tool support cannot render
+        # calls and results); only native formats hand the tools to the template itself.
+        messages = self.tool_format.prepare_messages(request.messages, tools)
+        native_tools = tools if tools and self.tool_format.native else None
+        return self.template.render(messages, tools=native_tools, **request.template_kwargs)
+
+    def tokenize_prompt(self, prompt: str) -> list[int]:
+        add_bos = self.model.add_bos and not (self.template.bos_token and prompt.startswith(self.template.bos_token))
+        return self.model.tokenize(prompt, add_special=add_bos)
+
+    async def count_tokens(self, request: ChatRequest) -> int:
+        return len(await asyncio.to_thread(lambda: self.tokenize_prompt(self.render(request))))
+
+    def _prepare(self, request: ChatRequest) -> PreparedPrompt:
+        constraint = self.constraint(request)
+        tokens = self.tokenize_prompt(self.render(request))
+        if len(tokens) >= self.ctx_size:
+            raise ContextLengthExceeded(
+                f"this model's context window is {self.ctx_size} tokens; the prompt takes {len(tokens)}"
+            )
+        room = self.ctx_size - len(tokens)
+        s, d = request.sampling, self.defaults
+        wanted = s.max_tokens if s.max_tokens is not None else d.max_tokens
+        if wanted is not None and wanted < 1:
+            raise InvalidRequest("max_tokens must be at least 1", param="max_tokens")
+        params = SamplerParams(
+            temperature=d.temperature if s.temperature is None else s.temperature,
+            top_p=d.top_p if s.top_p is None else s.top_p,
+            top_k=d.top_k if s.top_k is None else s.top_k,
+            min_p=d.min_p if s.min_p is None else s.min_p,
+            repeat_penalty=d.repeat_penalty if s.repeat_penalty is None else s.repeat_penalty,
+            presence_penalty=s.presence_penalty or 0.0,
+            frequency_penalty=s.frequency_penalty or 0.0,
+            seed=s.seed,
+            grammar=constraint.grammar,
+            grammar_triggers=constraint.triggers,
+        )
+        return PreparedPrompt(tokens, params, min(wanted, room) if wanted else room, constraint.parser)
+
+    def constraint(self, request: ChatRequest) -> OutputConstraint:
+        """The grammar (and tool-call parser) a request's tools and response format ask for."""
+        out = request.output_format
+        response: dict[str, Any] | None = None
+        if out.kind == "json_schema":
+            if not isinstance(out.schema, dict):
+                raise InvalidRequest("a json_schema response format needs a schema object", param="response_format")
+            response = out.schema
+        elif out.kind == "json_object":
+            response = {"type": "object"}
+        tools = self.prompt_tools(request)
+        if tools:
+            fmt = self.tool_format
+            calls = fmt.grammar(tools, request.tool_choice, request.parallel_tool_calls, response, out.strict)
+            parser = fmt.parser(tools, request.tool_choice, request.parallel_tool_calls)
+            constraint = OutputConstraint(calls.gbnf, calls.triggers, parser)
+        elif response is not None:
+            grammar = (
+                json_object_grammar() if out.kind == "json_object" else schema_grammar(response, strict=out.strict)
+            )
+            constraint = OutputConstraint(grammar)
+        else:
+            return OutputConstraint()
+        if constraint.grammar:
+            # Compile once here (microseconds) so a bad grammar fails the request up front,
+            # never inside the decode thread when a lazy grammar triggers.
+            GrammarMatcher(self.model.vocab, constraint.grammar).close()
+        return constraint
+
+    # -- generation -------------------------------------------------------------------------
+
+    async def generate(self, request: ChatRequest) -> AsyncIterator[Event]:
+        prepared = await asyncio.to_thread(self._prepare, request)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Token | Done] = asyncio.Queue()
+        job = SequenceJob(
+            prompt=prepared.tokens,
+            params=prepared.params,
+            max_tokens=prepared.max_tokens,
+            deliver=lambda item: loop.call_soon_threadsafe(queue.put_nowait, item),
+        )
+        self.scheduler.submit(job)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        stops = StopMatcher(request.sampling.stop)
+        parser = prepared.parser
+
+        def events(text: str) -> list[Event]:
+            return parser.feed(text) if parser is not None else [TextDelta(text)]
+
+        generated = 0
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, Token):
+                    generated += 1
+                    text, hit = stops.feed(decoder.decode(item.piece))
+                    if text:
+                        for event in events(text):
+                            yield event
+                    if hit is not None:
+                        job.cancelled = True
+                        finish = Finished("stop_sequence", stop_sequence=hit)
+                        cached = 0
+                        break
+                    continue
+                if item.error is not None:
+                    raise item.error
+                tail, _ = stops.feed(decoder.decode(b"", final=True))
+                tail += stops.flush()
+                if tail:
+                    for event in events(tail):
+                        yield event
+                finish = Finished("length" if item.reason == "length" else "stop")
+                cached = item.cached_tokens
+                break
+            if parser is not None:
+                for event in parser.finish():
+                    yield event
+                if parser.calls and finish.reason != "length":
+                    finish = Finished("tool_calls")
+            yield Usage(prompt_tokens=len(prepared.tokens), completion_tokens=generated, cached_tokens=cached)
+            yield finish
+        finally:
+            job.cancelled = True  # a no-op when finished; stops decoding when the client went away

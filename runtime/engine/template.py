@@ -1,0 +1,131 @@
+"""Rendering the model's own Jinja chat template (from the GGUF metadata)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from runtime.errors import InvalidRequest
+from runtime.ir import ImagePart, Message, ReasoningPart, TextPart, ToolCallPart, ToolResultPart, ToolSpec
+
+# Used when a GGUF carries no template at all.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+IMAGE_PLACEHOLDER = "[image]"
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False, **_: Any) -> str:
+    # HF templates call tojson with Python's json options; Jinja's own filter HTML-escapes.
+    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii)
+
+
+class ChatTemplate:
+    def __init__(self, source: str | None, *, bos_token: str = "", eos_token: str = "") -> None:
+        self.source = source or CHATML_TEMPLATE
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
+        env.filters["tojson"] = _tojson
+        env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
+        self._template = env.from_string(self.source)
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+
+    @property
+    def supports_tools(self) -> bool:
+        return "tools" in self.source
+
+    @property
+    def supports_thinking_switch(self) -> bool:
+        return "enable_thinking" in self.source
+
+    def render(
+        self,
+        messages: list[Message],
+        *,
+        tools: list[ToolSpec] | None = None,
+        add_generation_prompt: bool = True,
+        **kwargs: Any,
+    ) -> str:
+        variables: dict[str, Any] = {
+            "messages": [message_to_template(m) for m in messages],
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            **kwargs,
+        }
+        if tools:
+            variables["tools"] = [tool_to_template(t) for t in tools]
+        try:
+            return self._template.render(**variables)
+        except jinja2.exceptions.TemplateError as exc:
+            # Templates reject some conversations on purpose (e.g. roles out of order).
+            raise InvalidRequest(f"the model's chat template rejected the conversation: {exc}") from exc
+
+
+def tool_to_template(tool: ToolSpec) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters},
+    }
+
+
+def _arguments_value(arguments: str) -> Any:
+    # Templates index into arguments (`tool_call.arguments | tojson`): give them the object.
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
+
+
+def message_to_template(message: Message) -> dict[str, Any]:
+    text: list[str] = []
+    reasoning: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    result: ToolResultPart | None = None
+    for part in message.parts:
+        match part:
+            case TextPart(text=t):
+                text.append(t)
+            case ImagePart():
+                text.append(IMAGE_PLACEHOLDER)
+            case ReasoningPart(text=t):
+                reasoning.append(t)
+            case ToolCallPart(id=call_id, name=name, arguments=arguments):
+                tool_calls.append(
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": name, "arguments": _arguments_value(arguments)},
+                    }
+                )
+            case ToolResultPart():
+                result = part
+                text.append(part.content)
+    out: dict[str, Any] = {"role": message.role, "content": "".join(text)}
+    if reasoning:
+        out["reasoning_content"] = "".join(reasoning)
+    if tool_calls:
+        out["tool_calls"] = tool_calls
+    if result is not None:
+        out["tool_call_id"] = result.call_id
+        if result.name:
+            out["name"] = result.name
+    return out
