@@ -26,7 +26,10 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     run.add_argument("--threads", type=int, default=None, help="CPU threads for decoding (default: all cores)")
     run.add_argument("--parallel", "-np", type=int, default=4, help="requests decoded together (slots)")
     run.add_argument("--max-queue", type=int, default=64, help="requests allowed to wait for a slot")
-    run.add_argument("--reasoning", choices=["on", "off", "auto"], default="auto")
+    run.add_argument(
+        "--reasoning", choices=["on", "off", "auto"], default="auto", help="thinking default (auto: the template's)"
+    )
+    run.add_argument("--chat-template-file", type=Path, help="a Jinja chat template to use instead of the GGUF's")
     run.add_argument("--temp", "--temperature", dest="temperature", type=float, default=0.8)
     run.add_argument("--top-p", type=float, default=0.95)
     run.add_argument("--top-k", type=int, default=40)
@@ -117,12 +120,16 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         return fail(f"port {args.port} on {args.host} is already in use; pick another with -p/--port")
     model_path = resolve_model(args.model)
     check_gguf(model_path)
+    if args.chat_template_file and not args.chat_template_file.is_file():
+        return fail(f"chat template file not found: {args.chat_template_file}")
     engine = EngineConfig(
         model_path=model_path,
         ctx_size=args.ctx_size,
         threads=args.threads,
         parallel=args.parallel,
         max_queue=args.max_queue,
+        reasoning=args.reasoning,
+        chat_template_file=args.chat_template_file,
     )
     config = ServerConfig(
         engine=engine,
@@ -132,7 +139,6 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         port=args.port,
         cors_origins=tuple(args.cors_origin),
         data_dir=data_dir,
-        reasoning=args.reasoning,
         tools=ToolsConfig(
             enable_by_default=args.enable_tools,
             max_iterations=args.max_tool_iterations,

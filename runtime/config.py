@@ -36,6 +36,8 @@ class EngineConfig:
     parallel: int = 4  # sequences decoded together
     batch_size: int = 512
     max_queue: int = 64  # waiting requests beyond the busy slots
+    reasoning: ReasoningMode = "auto"  # thinking default for templates with a switch
+    chat_template_file: Path | None = None  # overrides the template in the GGUF
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,6 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8888
     data_dir: Path = field(default_factory=default_data_dir)
-    reasoning: ReasoningMode = "auto"
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
     max_body_bytes: int = 32 * 1024 * 1024
     cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are named

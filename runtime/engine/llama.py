@@ -14,13 +14,14 @@ from runtime.config import EngineConfig, SamplingDefaults
 from runtime.engine.base import EngineStats, ModelInfo
 from runtime.engine.grammar import json_object_grammar, schema_grammar
 from runtime.engine.model import LlamaModel
+from runtime.engine.reasoning import ReasoningSplitter, starts_thinking, tags_for_template
 from runtime.engine.sampler import GrammarMatcher, GrammarTrigger, SamplerParams
 from runtime.engine.scheduler import Done, Scheduler, SequenceJob, Token
 from runtime.engine.stops import StopMatcher
 from runtime.engine.template import ChatTemplate
 from runtime.engine.toolcalls import ToolCallParser, detect_format
 from runtime.errors import ContextLengthExceeded, InvalidRequest
-from runtime.events import Event, Finished, TextDelta, Usage
+from runtime.events import Event, Finished, ReasoningDelta, TextDelta, Usage
 from runtime.ir import ChatRequest, ToolSpec
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class PreparedPrompt:
     params: SamplerParams
     max_tokens: int
     parser: ToolCallParser | None = None  # set when the output may hold client tool calls
+    thinking_open: bool = False  # the prompt itself opened a thinking block
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +52,10 @@ class LlamaEngine:
         if self.ctx_size != config.ctx_size:
             log.warning("ctx-size %d is above the model's training context; using %d", config.ctx_size, self.ctx_size)
             config = dataclasses.replace(config, ctx_size=self.ctx_size)
-        self.template = ChatTemplate(
-            self.model.chat_template(), bos_token=self.model.bos_token, eos_token=self.model.eos_token
-        )
+        source = config.chat_template_file.read_text() if config.chat_template_file else self.model.chat_template()
+        self.template = ChatTemplate(source, bos_token=self.model.bos_token, eos_token=self.model.eos_token)
         self.tool_format = detect_format(self.template.source)
+        self.thinking_tags = tags_for_template(self.template.source)
         self.scheduler = Scheduler(self.model, config)
         self._info = ModelInfo(
             id=model_id,
@@ -102,7 +104,18 @@ class LlamaEngine:
         # calls and results); only native formats hand the tools to the template itself.
         messages = self.tool_format.prepare_messages(request.messages, tools)
         native_tools = tools if tools and self.tool_format.native else None
-        return self.template.render(messages, tools=native_tools, **request.template_kwargs)
+        return self.template.render(messages, tools=native_tools, **self.template_kwargs(request))
+
+    def template_kwargs(self, request: ChatRequest) -> dict[str, Any]:
+        """The request's own template variables, plus the thinking switch: the request's
+        choice, else the server's `--reasoning` default, else whatever the template does."""
+        kwargs = dict(request.template_kwargs)
+        if self.template.supports_thinking_switch and "enable_thinking" not in kwargs:
+            default = {"on": True, "off": False}.get(self.config.reasoning)
+            enabled = request.reasoning if request.reasoning is not None else default
+            if enabled is not None:
+                kwargs["enable_thinking"] = enabled
+        return kwargs
 
     def tokenize_prompt(self, prompt: str) -> list[int]:
         add_bos = self.model.add_bos and not (self.template.bos_token and prompt.startswith(self.template.bos_token))
@@ -113,7 +126,8 @@ class LlamaEngine:
 
     def _prepare(self, request: ChatRequest) -> PreparedPrompt:
         constraint = self.constraint(request)
-        tokens = self.tokenize_prompt(self.render(request))
+        prompt = self.render(request)
+        tokens = self.tokenize_prompt(prompt)
         if len(tokens) >= self.ctx_size:
             raise ContextLengthExceeded(
                 f"this model's context window is {self.ctx_size} tokens; the prompt takes {len(tokens)}"
@@ -135,7 +149,8 @@ class LlamaEngine:
             grammar=constraint.grammar,
             grammar_triggers=constraint.triggers,
         )
-        return PreparedPrompt(tokens, params, min(wanted, room) if wanted else room, constraint.parser)
+        thinking_open = self.thinking_tags is not None and starts_thinking(prompt, self.thinking_tags)
+        return PreparedPrompt(tokens, params, min(wanted, room) if wanted else room, constraint.parser, thinking_open)
 
     def constraint(self, request: ChatRequest) -> OutputConstraint:
         """The grammar (and tool-call parser) a request's tools and response format ask for."""
@@ -182,9 +197,19 @@ class LlamaEngine:
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         stops = StopMatcher(request.sampling.stop)
         parser = prepared.parser
+        tags = self.thinking_tags
+        splitter = ReasoningSplitter(tags, inside=prepared.thinking_open) if tags is not None else None
+
+        def convert(segments: list[tuple[bool, str]]) -> list[Event]:
+            out: list[Event] = []
+            for thinking, segment in segments:
+                found = parser.feed(segment) if parser is not None else [TextDelta(segment)]
+                # Calls written inside a thinking block are still calls; only text turns into reasoning.
+                out += [ReasoningDelta(e.text) if thinking and isinstance(e, TextDelta) else e for e in found]
+            return out
 
         def events(text: str) -> list[Event]:
-            return parser.feed(text) if parser is not None else [TextDelta(text)]
+            return convert(splitter.feed(text) if splitter is not None else [(False, text)])
 
         generated = 0
         try:
@@ -208,6 +233,9 @@ class LlamaEngine:
                 tail += stops.flush()
                 if tail:
                     for event in events(tail):
+                        yield event
+                if splitter is not None:
+                    for event in convert(splitter.flush()):
                         yield event
                 finish = Finished("length" if item.reason == "length" else "stop")
                 cached = item.cached_tokens

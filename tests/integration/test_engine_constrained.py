@@ -134,14 +134,15 @@ async def test_country_pick_validates_for_twenty_seeds(engine: LlamaEngine) -> N
     # The grammar guarantees the shape of every output the model ends itself. What it cannot
     # do is make a 135M model stop: at 0.8 about 1-2% of seeds loop inside the free-text
     # `reason` until max_tokens (measured over 100 seeds). A prompt that says JSON (as OpenAI
-    # asks of callers) and temperature 0.6 gave 0 of 100, so all 20 must end and validate.
+    # asks of callers) and temperature 0.6 gave 0 of 100 alone, but batching with other
+    # requests changes the numerics and one loop was seen in CI-like runs: 0.4 keeps a margin.
     ask = [
         Message("system", [TextPart("You answer in JSON.")]),
         Message("user", [TextPart("Pick one country to visit (Japan, Egypt or Peru) and give a short reason.")]),
     ]
 
     async def one(seed: int) -> tuple[str, str]:
-        sampling = Sampling(seed=seed, max_tokens=256, temperature=0.6)
+        sampling = Sampling(seed=seed, max_tokens=256, temperature=0.4)
         completion = await fold(engine.generate(request(messages=ask, output_format=fmt, sampling=sampling)))
         return completion.text, completion.finish.reason
 

@@ -1,0 +1,100 @@
+"""Reasoning on/off on the real model, with a Qwen3-style template (`--chat-template-file`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+
+from runtime.config import EngineConfig, SamplingDefaults
+from runtime.engine.llama import LlamaEngine
+from runtime.ir import ChatRequest, Message, TextPart
+from runtime.model_source import embedded_model
+from tests.servers import CliServer, toolstudio
+
+pytestmark = pytest.mark.integration
+
+TEMPLATE = Path(__file__).parent.parent / "data" / "qwen3_style.jinja"
+HI = [{"role": "user", "content": "What is 2 + 2?"}]
+
+
+def rendered(reasoning: str, request_choice: bool | None) -> str:
+    engine = LlamaEngine(
+        EngineConfig(model_path=embedded_model(), threads=2, parallel=1, ctx_size=512, reasoning=reasoning,
+                     chat_template_file=TEMPLATE),
+        model_id="smollm2",
+        defaults=SamplingDefaults(),
+    )  # fmt: skip
+    try:
+        return engine.render(ChatRequest("m", [Message("user", [TextPart("hi")])], reasoning=request_choice))
+    finally:
+        engine.scheduler.close()
+        engine.model.close()
+
+
+def test_reasoning_off_really_changes_the_prompt() -> None:
+    assert rendered("off", None).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert rendered("on", None).endswith("<|im_start|>assistant\n<think>\n")
+    assert rendered("auto", None).endswith("<|im_start|>assistant\n")
+    assert rendered("on", False).endswith("</think>\n\n")  # the request's choice wins
+
+
+@pytest.fixture(scope="module")
+def thinking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CliServer, str]]:
+    home = tmp_path_factory.mktemp("reasoning-home")
+    server = CliServer(home, args=("--threads", "2", "--chat-template-file", str(TEMPLATE), "--reasoning", "off"))
+    server.start()
+    yield server, toolstudio("keys", "create", data_dir=home).strip()
+    server.stop()
+
+
+def test_per_request_controls_in_every_dialect(thinking_server: tuple[CliServer, str]) -> None:
+    server, key = thinking_server
+    claude = anthropic.Anthropic(base_url=server.base_url, api_key=key, max_retries=0)
+    off = claude.messages.count_tokens(model="m", messages=HI).input_tokens  # the server default: off
+    on = claude.messages.count_tokens(
+        model="m", messages=HI, thinking={"type": "enabled", "budget_tokens": 1024}
+    ).input_tokens
+    disabled = claude.messages.count_tokens(model="m", messages=HI, thinking={"type": "disabled"}).input_tokens
+    assert off == disabled and on < off  # "<think>\n" is shorter than the empty block
+
+    oai = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+    # Thinking on: the template opens the block, so what the model writes is reasoning.
+    thought = oai.chat.completions.create(
+        model="m",
+        messages=HI,
+        max_tokens=16,
+        temperature=0,
+        extra_body={"chat_template_kwargs": {"enable_thinking": True}},
+    )
+    assert thought.choices[0].message.model_extra["reasoning_content"]
+    assert not thought.choices[0].message.content
+    same = oai.chat.completions.create(model="m", messages=HI, max_tokens=16, temperature=0, reasoning_effort="high")
+    assert (
+        same.choices[0].message.model_extra["reasoning_content"]
+        == thought.choices[0].message.model_extra["reasoning_content"]
+    )
+
+    plain = oai.chat.completions.create(model="m", messages=HI, max_tokens=16, temperature=0)
+    assert plain.choices[0].message.content
+    assert "reasoning_content" not in (plain.choices[0].message.model_extra or {})
+
+    streamed = oai.chat.completions.create(
+        model="m", messages=HI, max_tokens=16, temperature=0, reasoning_effort="high", stream=True
+    )
+    pieces = [(c.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for c in streamed if c.choices]
+    assert "".join(pieces) == thought.choices[0].message.model_extra["reasoning_content"]
+
+    response = oai.responses.create(
+        model="m", input="What is 2 + 2?", max_output_tokens=16, reasoning={"effort": "high"}
+    )
+    assert response.output[0].type == "reasoning"
+
+    message = claude.messages.create(
+        model="m", max_tokens=2048, messages=HI, thinking={"type": "enabled", "budget_tokens": 1024},
+        extra_body={"temperature": 0},
+    )  # fmt: skip
+    assert message.content[0].type == "thinking" and message.content[0].thinking
