@@ -20,7 +20,7 @@ from runtime.events import (
     ToolRunStart,
     Usage,
 )
-from runtime.ir import ImagePart, ToolCallPart, ToolResultPart
+from runtime.ir import ToolCallPart, ToolResultPart
 from tests.conftest import FakeServer
 
 HI = [{"role": "user", "content": "hi"}]
