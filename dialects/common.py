@@ -11,7 +11,8 @@ from typing import TypeVar
 import msgspec
 
 from runtime.errors import InvalidRequest
-from runtime.ir import ImagePart, ServerTools
+from runtime.ir import ImagePart, ServerTools, ToolSpec
+from runtime.tools import DEFAULT_SERVER_TOOLS
 
 T = TypeVar("T")
 
@@ -26,6 +27,10 @@ def decode_body(body: bytes, wire_type: type[T]) -> T:
         raise InvalidRequest(f"invalid request: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid UTF-8 (byte {exc.start})") from exc
+    except RecursionError as exc:
+        raise InvalidRequest("the request body is nested too deeply") from exc
 
 
 def new_id(prefix: str) -> str:
@@ -50,6 +55,17 @@ def image_from_url(url: str, *, param: str) -> ImagePart:
     if url.startswith(("http://", "https://")):
         return ImagePart(url=url)
     raise InvalidRequest("image URLs must be http(s) or data: URIs", param=param)
+
+
+def forcible_tool_names(client_tools: list[ToolSpec], server: ServerTools) -> set[str]:
+    """Names a `tool_choice` may force: the client's tools, plus the server tools the request
+    enables (their exact set is checked again once the server knows what is installed)."""
+    names = {t.name for t in client_tools}
+    if server.enabled:
+        names |= set(server.names or DEFAULT_SERVER_TOOLS)
+        if "terminal" in names:
+            names.add("bash")
+    return names
 
 
 def server_tools(

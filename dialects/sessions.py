@@ -55,8 +55,8 @@ async def run_session_tool(
     arguments = body.decode("utf-8", "replace").strip() or "{}"
     try:
         json.loads(arguments)
-    except ValueError as exc:
-        raise InvalidRequest(f"the body must be the tool's JSON arguments: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"the body must be the tool's JSON arguments: {type(exc).__name__}") from exc
 
     async def run() -> dict[str, Any]:
         async with runtime.open_session(api_key_of(request), session_id) as session:

@@ -179,7 +179,7 @@ async def execute_tool(
     """Run one tool call; every failure becomes an error output the model can read."""
     try:
         parsed = json.loads(arguments or "{}")
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         return ToolOutput(f"the arguments are not valid JSON ({exc}); call {tool.name} again with a JSON object", True)
     if problem := registry.validate_arguments(tool, parsed):
         return ToolOutput(problem, is_error=True)

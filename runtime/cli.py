@@ -6,8 +6,12 @@ import argparse
 import logging
 import socket
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
+
+import uvicorn
 
 from runtime.config import EngineConfig, SamplingDefaults, ServerConfig, ToolsConfig, default_data_dir
 from runtime.keys import KeyStore, KeyStoreError
@@ -100,6 +104,19 @@ def _keys(args: argparse.Namespace, data_dir: Path) -> int:
     return 0
 
 
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM/SIGINT, end in-flight generations first, so every stream gets its normal
+    ending and the process exits promptly instead of waiting for long generations."""
+
+    def __init__(self, config: uvicorn.Config, *, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.on_exit()
+        super().handle_exit(sig, frame)
+
+
 def _port_free(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -112,8 +129,6 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def _run(args: argparse.Namespace, data_dir: Path) -> int:
-    import uvicorn
-
     from runtime.app import create_app
 
     if not _port_free(args.host, args.port):
@@ -162,8 +177,12 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         # Printed once, to the terminal, on purpose: it is never logged.
         print(f"\nCreated an API key (shown only now):\n\n    {key}\n\nexport UNSLOTH_STUDIO_AUTH_TOKEN={key}\n")
     app = create_app(config, keys=keys)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False))
     runtime = app.state.runtime
+    # A backstop for connections that outlive the drain (e.g. a tool still running).
+    uv_config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_config=None, access_log=False, timeout_graceful_shutdown=10
+    )
+    server = DrainingServer(uv_config, on_exit=runtime.drain)
     runtime.on_load_failure = lambda: setattr(server, "should_exit", True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: reachable from the network; every /v1 route still needs an API key", args.host)

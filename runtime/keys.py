@@ -6,12 +6,14 @@ hash would only add latency to every request); lookups compare digests in consta
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,22 @@ CREATE TABLE IF NOT EXISTS api_keys (
 
 class KeyStoreError(Exception):
     pass
+
+
+@contextlib.contextmanager
+def _database(path: Path) -> Iterator[None]:
+    """SQLite failures as one-line `KeyStoreError`s, worded by error code."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            reason = "it is locked by another process; try again"
+        elif code == sqlite3.SQLITE_READONLY:
+            reason = "it is read-only; point --data-dir (or TOOLSTUDIO_HOME) at a writable directory"
+        else:
+            reason = str(exc)
+        raise KeyStoreError(f"the key database {path}: {reason}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +84,17 @@ class KeyStore:
             raise KeyStoreError(f"cannot open the key database {path}: {exc}") from exc
         self._lock = threading.Lock()
         self._touched: dict[int, float] = {}
+        self._touch_db: sqlite3.Connection | None = None
 
     def close(self) -> None:
         self._db.close()
+        if self._touch_db is not None:
+            self._touch_db.close()
 
     def create(self, name: str | None = None) -> tuple[KeyRecord, str]:
         key = new_key()
         now = time.time()
-        with self._lock:
+        with self._lock, _database(self.path):
             if name is None:
                 (count,) = self._db.execute("SELECT COUNT(*) FROM api_keys").fetchone()
                 name = f"key-{count + 1}"
@@ -88,14 +109,14 @@ class KeyStore:
         return record, key
 
     def list(self) -> list[KeyRecord]:
-        with self._lock:
+        with self._lock, _database(self.path):
             rows = self._db.execute(
                 "SELECT id, name, prefix, created, last_used, revoked FROM api_keys ORDER BY id"
             ).fetchall()
         return [KeyRecord(*row) for row in rows]
 
     def has_active_keys(self) -> bool:
-        with self._lock:
+        with self._lock, _database(self.path):
             return self._db.execute("SELECT 1 FROM api_keys WHERE revoked IS NULL LIMIT 1").fetchone() is not None
 
     def revoke(self, name_or_prefix: str) -> KeyRecord:
@@ -109,7 +130,7 @@ class KeyStore:
         if len(matches) > 1:
             names = ", ".join(r.name for r in matches)
             raise KeyStoreError(f"{name_or_prefix!r} matches several keys ({names}): use the name")
-        with self._lock:
+        with self._lock, _database(self.path):
             self._db.execute("UPDATE api_keys SET revoked = ? WHERE id = ?", (time.time(), matches[0].id))
         return matches[0]
 
@@ -134,8 +155,12 @@ class KeyStore:
         if now - self._touched.get(key_id, 0.0) < LAST_USED_RESOLUTION:
             return
         self._touched[key_id] = now
+        # Its own connection with a tiny busy timeout: a writer elsewhere (`keys create`)
+        # must not stall a request for seconds over a "last used" stamp.
         try:
+            if self._touch_db is None:
+                self._touch_db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=0.05)
             with self._lock:
-                self._db.execute("UPDATE api_keys SET last_used = ? WHERE id = ?", (now, key_id))
+                self._touch_db.execute("UPDATE api_keys SET last_used = ? WHERE id = ?", (now, key_id))
         except sqlite3.Error:  # a read-only or busy database must not fail the request
             pass

@@ -312,7 +312,10 @@ class SandboxRunner:
         box += ["--proc", "/proc", "--dev", "/dev", "--size", str(self.config.tmp_size_bytes), "--tmpfs", "/dev/shm"]
         # bwrap's root and /dev are tmpfs in RAM: make them read-only, the mounts above stay as set.
         box += ["--remount-ro", "/", "--remount-ro", "/dev", "--chdir", INSIDE_WORKSPACE]
-        box += ["--unshare-all", "--hostname", "sandbox", "--die-with-parent", "--new-session"]
+        # --disable-userns: no nested user namespaces inside, so the kernel's user-namespace
+        # attack surface stays closed to sandboxed code (`unshare -r` fails).
+        box += ["--unshare-all", "--unshare-user", "--disable-userns"]
+        box += ["--hostname", "sandbox", "--die-with-parent", "--new-session"]
         box += ["--cap-drop", "ALL", "--clearenv"]
         base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": INSIDE_WORKSPACE, "LANG": "C.UTF-8"}
         for key, value in {**base_env, **(env or {})}.items():

@@ -19,12 +19,11 @@ from runtime.observability import Metrics, warn_client
 from runtime.plugins import ToolRegistry
 from runtime.sandbox import SandboxRunner
 from runtime.sessions import Session, SessionManager
-from runtime.tools import Tool
+from runtime.tools import DEFAULT_SERVER_TOOLS, Tool
 
 log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[], Engine]
-DEFAULT_SERVER_TOOLS = ("python", "bash", "web_search")
 
 
 @dataclass(eq=False)
@@ -63,6 +62,11 @@ class Runtime:
             log.error("the model failed to load: %s", exc)
             if self.on_load_failure is not None:
                 self.on_load_failure()
+
+    def drain(self) -> None:
+        """SIGTERM: end in-flight generations now, so streams close normally and quickly."""
+        if self.engine is not None:
+            self.engine.drain()
 
     async def close(self) -> None:
         if self._loading is not None:

@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from runtime.sessions import Session
 
 
+# What `enable_tools: true` without `enabled_tools` turns on (those that are installed).
+DEFAULT_SERVER_TOOLS = ("python", "bash", "web_search")
+
+
 @dataclass(frozen=True, slots=True)
 class Attachment:
     """Binary output, e.g. a matplotlib figure. `data` is base64."""

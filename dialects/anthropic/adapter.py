@@ -22,7 +22,7 @@ from dialects.anthropic.protocol import (
     ToolUseBlock,
 )
 from dialects.anthropic.tools import tool_specs
-from dialects.common import server_tools
+from dialects.common import forcible_tool_names, server_tools
 from runtime.errors import InvalidRequest, UnsupportedFeature
 from runtime.ir import (
     ChatRequest,
@@ -110,7 +110,7 @@ def _tool_choice(wire: MessageInputs, tools: list[ToolSpec], server: ServerTools
         return ToolChoice("auto"), True
     parallel = not getattr(choice, "disable_parallel_tool_use", False)
     # Forcing a server-side tool is legitimate when the request enables it.
-    callable_names = {t.name for t in tools} | (set(server.names) if server.enabled is not False else set())
+    callable_names = forcible_tool_names(tools, server)
     if isinstance(choice, ToolChoiceNone):
         return ToolChoice("none"), parallel
     if isinstance(choice, ToolChoiceTool):

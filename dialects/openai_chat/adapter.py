@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dialects.common import image_from_url, server_tools
+from dialects.common import forcible_tool_names, image_from_url, server_tools
 from dialects.openai_chat.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice, TextContent
 from runtime.errors import InvalidRequest
 from runtime.ir import (
@@ -67,13 +67,13 @@ def _message(message: ChatMessage, index: int) -> Message:
     return Message(role, parts)
 
 
-def _tool_choice(choice: str | NamedToolChoice | None, tools: list[ToolSpec]) -> ToolChoice:
+def _tool_choice(choice: str | NamedToolChoice | None, forcible: set[str]) -> ToolChoice:
     if isinstance(choice, NamedToolChoice):
         name = choice.function.name
-        if name not in {t.name for t in tools}:
+        if name not in forcible:
             raise InvalidRequest(f"tool_choice names {name!r}, which is not in tools", param="tool_choice")
         return ToolChoice("function", name)
-    if choice == "required" and not tools:
+    if choice == "required" and not forcible:
         raise InvalidRequest("tool_choice 'required' needs at least one tool", param="tool_choice")
     if choice in ("none", "auto", "required"):
         return ToolChoice(choice)
@@ -119,6 +119,7 @@ def to_ir(wire: ChatCompletionRequest) -> ChatRequest:
         )
         for t in wire.tools or []
     ]
+    server = server_tools(wire.enable_tools, wire.enabled_tools, wire.session_id, wire.max_tool_calls_per_message)
     return ChatRequest(
         model=wire.model,
         messages=[_message(m, i) for i, m in enumerate(wire.messages)],
@@ -135,12 +136,10 @@ def to_ir(wire: ChatCompletionRequest) -> ChatRequest:
             stop=stop,
         ),
         tools=tools,
-        tool_choice=_tool_choice(wire.tool_choice, tools),
+        tool_choice=_tool_choice(wire.tool_choice, forcible_tool_names(tools, server)),
         parallel_tool_calls=wire.parallel_tool_calls is not False,
         output_format=_output_format(wire),
         reasoning=_reasoning(wire),
-        server_tools=server_tools(
-            wire.enable_tools, wire.enabled_tools, wire.session_id, wire.max_tool_calls_per_message
-        ),
+        server_tools=server,
         template_kwargs=dict(wire.chat_template_kwargs or {}),
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from dialects.common import image_from_url, new_id, server_tools
+from dialects.common import forcible_tool_names, image_from_url, new_id, server_tools
 from dialects.openai_responses.protocol import (
     ITEM_TYPES,
     ContentPart,
@@ -244,11 +244,11 @@ def _tools(raw: list[dict[str, Any]] | None) -> list[ToolSpec]:
     return tools
 
 
-def _tool_choice(choice: str | dict[str, Any] | None, tools: list[ToolSpec]) -> ToolChoice:
+def _tool_choice(choice: str | dict[str, Any] | None, forcible: set[str]) -> ToolChoice:
     if choice is None:
         return ToolChoice("auto")
     if isinstance(choice, str):
-        if choice == "required" and not tools:
+        if choice == "required" and not forcible:
             raise InvalidRequest("tool_choice 'required' needs at least one tool", param="tool_choice")
         return ToolChoice(choice)  # type: ignore[arg-type]  # the protocol Literal admits only valid modes
     if choice.get("type") != "function":
@@ -258,7 +258,7 @@ def _tool_choice(choice: str | dict[str, Any] | None, tools: list[ToolSpec]) -> 
             param="tool_choice",
         )
     name = choice.get("name")
-    if not isinstance(name, str) or name not in {t.name for t in tools}:
+    if not isinstance(name, str) or name not in forcible:
         raise InvalidRequest(f"tool_choice names {name!r}, which is not a function in tools", param="tool_choice.name")
     return ToolChoice("function", name)
 
@@ -308,6 +308,9 @@ def to_ir(wire: ResponsesRequest, prior: list[Message]) -> Turn:
         raise InvalidRequest("at most 16 stop sequences are allowed", param="stop")
     tools = _tools(wire.tools)
     system = [Message("system", [TextPart(wire.instructions)])] if wire.instructions else []
+    server = server_tools(
+        wire.enable_tools, wire.enabled_tools, wire.session_id, wire.max_tool_calls_per_message or wire.max_tool_calls
+    )
     chat = ChatRequest(
         model=wire.model or "default",
         messages=system + conversation.messages,
@@ -322,16 +325,11 @@ def to_ir(wire: ResponsesRequest, prior: list[Message]) -> Turn:
             stop=stop,
         ),
         tools=tools,
-        tool_choice=_tool_choice(wire.tool_choice, tools),
+        tool_choice=_tool_choice(wire.tool_choice, forcible_tool_names(tools, server)),
         parallel_tool_calls=wire.parallel_tool_calls is not False,
         output_format=_output_format(wire),
         reasoning=_reasoning(wire),
-        server_tools=server_tools(
-            wire.enable_tools,
-            wire.enabled_tools,
-            wire.session_id,
-            wire.max_tool_calls_per_message or wire.max_tool_calls,
-        ),
+        server_tools=server,
         template_kwargs=dict(wire.chat_template_kwargs or {}),
     )
     return Turn(chat=chat, conversation=conversation.messages, input_items=conversation.items)

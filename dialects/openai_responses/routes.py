@@ -141,7 +141,7 @@ async def delete_response(request: Request[Any, Any, Any], response_id: FromPath
 def _limit(raw: str | None) -> int:
     if raw is None:
         return 20
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 100:
         raise InvalidRequest("limit must be an integer from 1 to 100", param="limit")
     return int(raw)
 

@@ -28,6 +28,7 @@ class FakeEngine:
         self.requests: list[ChatRequest] = []
         self.delay = delay  # seconds between events, to exercise streaming and disconnects
         self.active = 0
+        self.draining = False  # set by drain(): scripts stop after their next event
 
     @property
     def info(self) -> ModelInfo:
@@ -39,6 +40,9 @@ class FakeEngine:
 
     def stats(self) -> EngineStats:
         return EngineStats(active=self.active, waiting=0, slots=1)
+
+    def drain(self) -> None:
+        self.draining = True
 
     async def count_tokens(self, request: ChatRequest) -> int:
         return sum(len(m.text.split()) + 4 for m in request.messages)
@@ -65,6 +69,8 @@ class FakeEngine:
             for event in events:
                 if self.delay:
                     await asyncio.sleep(self.delay)
+                if self.draining and not isinstance(event, Usage | Finished):
+                    continue
                 yield event
         finally:
             self.active -= 1

@@ -79,6 +79,9 @@ class LlamaEngine:
         active, waiting = self.scheduler.counts()
         return EngineStats(active=active, waiting=waiting, slots=len(self.scheduler.slots))
 
+    def drain(self) -> None:
+        self.scheduler.drain()
+
     async def close(self) -> None:
         await asyncio.to_thread(self.scheduler.close)
         self.model.close()

@@ -26,7 +26,7 @@ import llama_cpp
 from runtime.config import EngineConfig
 from runtime.engine.model import LlamaModel
 from runtime.engine.sampler import SamplerChain, SamplerParams
-from runtime.errors import EngineFailure, Overloaded, ToolstudioError
+from runtime.errors import EngineFailure, ModelNotReady, Overloaded, ToolstudioError
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class Scheduler:
         self._waiting: deque[SequenceJob] = deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._draining = False
         self._thread = threading.Thread(target=self._run, name="llama-decode", daemon=True)
         self._thread.start()
 
@@ -115,11 +116,22 @@ class Scheduler:
 
     def submit(self, job: SequenceJob) -> None:
         with self._cond:
-            if self._stopping:
-                raise EngineFailure("the engine is shutting down")
+            if self._stopping or self._draining:
+                raise ModelNotReady("the server is shutting down")
             if len(self._waiting) >= self.max_queue and not self._free_slot_exists():
                 raise Overloaded(f"all {len(self.slots)} slots are busy and {len(self._waiting)} requests wait")
             self._waiting.append(job)
+            self._cond.notify()
+
+    def drain(self) -> None:
+        """Shutdown: end every generation now (each stream finishes normally) and refuse new ones."""
+        with self._cond:
+            self._draining = True
+            for job in self._waiting:
+                job.cancelled = True
+            for slot in self.slots:
+                if slot.job is not None:
+                    slot.job.cancelled = True
             self._cond.notify()
 
     def counts(self) -> tuple[int, int]:

@@ -291,3 +291,18 @@ def test_anthropic_mixed_server_and_client_tools(agent: FakeServer) -> None:
     assert message.stop_reason == "tool_use"
     assert [b.name for b in message.content if b.type == "tool_use"] == ["get_weather"]
     assert message.model_extra["tool_results"][0]["output"] == "5"
+
+
+def test_tool_choice_may_force_a_server_tool(agent: FakeServer) -> None:
+    agent.engine.enqueue(call("add", '{"a": 20, "b": 22}'), "42.")
+    chunks = chat_stream(
+        agent, tool_choice={"type": "function", "function": {"name": "add"}}, extra_body=server_tools("add")
+    )
+    assert [r["output"] for r in tool_results(chunks)] == ["42"]
+    first, second = agent.engine.requests
+    assert (first.tool_choice.mode, first.tool_choice.name) == ("function", "add")
+    assert second.tool_choice.mode == "auto"  # forced once, then free to answer
+    response = agent.anthropic().messages.create(
+        model="m", max_tokens=20, messages=HI, tool_choice={"type": "any"}, extra_body=server_tools("add")
+    )
+    assert response.stop_reason == "end_turn"
