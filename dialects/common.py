@@ -6,11 +6,12 @@ import base64
 import binascii
 import secrets
 import time
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
 from runtime.errors import InvalidRequest
+from runtime.events import ToolResult
 from runtime.ir import ImagePart, ServerTools, ToolSpec
 from runtime.tools import DEFAULT_SERVER_TOOLS
 
@@ -55,6 +56,19 @@ def image_from_url(url: str, *, param: str) -> ImagePart:
     if url.startswith(("http://", "https://")):
         return ImagePart(url=url)
     raise InvalidRequest("image URLs must be http(s) or data: URIs", param=param)
+
+
+def tool_result_body(result: ToolResult) -> dict[str, Any]:
+    """A server-side tool run, as every dialect shows it (stream frames and the
+    `tool_results` extension field of non-streaming bodies)."""
+    return {
+        "call_id": result.call_id,
+        "name": result.name,
+        "arguments": result.arguments,
+        "output": result.output,
+        "is_error": result.is_error,
+        "attachments": result.attachments,
+    }
 
 
 def forcible_tool_names(client_tools: list[ToolSpec], server: ServerTools) -> set[str]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from litestar.response import ServerSentEventMessage
 
+from dialects.common import tool_result_body
 from dialects.openai_errors import error_body
 from dialects.sse import json_data
 from runtime.errors import ToolstudioError
@@ -40,17 +41,6 @@ def usage_body(usage: Usage) -> dict[str, Any]:
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-    }
-
-
-def tool_result_body(result: ToolResult) -> dict[str, Any]:
-    return {
-        "call_id": result.call_id,
-        "name": result.name,
-        "arguments": result.arguments,
-        "output": result.output,
-        "is_error": result.is_error,
-        "attachments": result.attachments,
     }
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from litestar.response import ServerSentEventMessage
 
-from dialects.common import new_id, now
+from dialects.common import new_id, now, tool_result_body
 from dialects.openai_errors import error_type
 from dialects.sse import json_data
 from runtime import errors
@@ -46,17 +46,6 @@ class Meta:
     created_at: int
     model: str
     echo: Body = field(default_factory=dict)  # instructions, tools, sampling, text, store, ...
-
-
-def tool_result_body(result: ToolResult) -> Body:
-    return {
-        "call_id": result.call_id,
-        "name": result.name,
-        "arguments": result.arguments,
-        "output": result.output,
-        "is_error": result.is_error,
-        "attachments": result.attachments,
-    }
 
 
 class OutputBuilder:

@@ -29,6 +29,28 @@ llama_cpp.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
 llama_cpp.llama_backend_init()
 
 
+def tokenize(vocab: llama_cpp.llama_vocab_p, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+    data = text.encode("utf-8")
+    capacity = len(data) + 8
+    buf = (llama_cpp.llama_token * capacity)()
+    n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, parse_special)
+    if n < 0:  # buffer too small: n is minus the size needed
+        capacity = -n
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, parse_special)
+    return list(buf[:n])
+
+
+def token_piece(vocab: llama_cpp.llama_vocab_p, token: int, buf: ctypes.Array[ctypes.c_char] | None = None) -> bytes:
+    """The bytes one token contributes to the output (may be part of a UTF-8 character)."""
+    buf = buf if buf is not None else ctypes.create_string_buffer(64)
+    n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
+    if n < 0:
+        buf = ctypes.create_string_buffer(-n)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
+    return buf.raw[:n]
+
+
 class ModelLoadError(EngineFailure):
     pass
 
@@ -101,24 +123,11 @@ class LlamaModel:
         return self.token_text(llama_cpp.llama_vocab_eos(self.vocab))
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
-        data = text.encode("utf-8")
-        capacity = len(data) + 8
-        buf = (llama_cpp.llama_token * capacity)()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
-        if n < 0:  # buffer too small: n is minus the size needed
-            capacity = -n
-            buf = (llama_cpp.llama_token * capacity)()
-            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
-        return list(buf[:n])
+        return tokenize(self.vocab, text, add_special=add_special, parse_special=parse_special)
 
     def piece(self, token: int, buf: ctypes.Array[ctypes.c_char] | None = None) -> bytes:
         """The bytes one token contributes to the output (may be part of a UTF-8 character)."""
-        buf = buf if buf is not None else ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
-        return buf.raw[:n]
+        return token_piece(self.vocab, token, buf)
 
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))

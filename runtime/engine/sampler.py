@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import llama_cpp
 import numpy as np
 
+from runtime.engine.model import token_piece, tokenize
 from runtime.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -195,18 +196,10 @@ class SamplerChain:
         llama_cpp.llama_sampler_accept(self.chain, token)
         return token
 
-    def _piece(self, token: int) -> bytes:
-        buf = self._piece_buf
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
-        return buf.raw[:n]
-
     def _watch(self, token: int) -> None:
         """Lazy grammar: look for a trigger in the output; start the grammar at it."""
         before = len(self._output)
-        self._output += self._piece(token)
+        self._output += token_piece(self.vocab, token, self._piece_buf)
         starts = []
         for trigger in self._triggers:
             text = trigger.text.encode()
@@ -233,7 +226,7 @@ class SamplerChain:
             text = region.decode("utf-8")
         except UnicodeDecodeError:
             text = None
-        tokens = _tokenize(self.vocab, text) if text is not None else None
+        tokens = tokenize(self.vocab, text, add_special=False) if text is not None else None
         for token in tokens or []:
             if not grammar.allows(token):
                 tokens = None
@@ -252,11 +245,3 @@ class SamplerChain:
         if self.grammar is not None:
             self.grammar.close()
             self.grammar = None
-
-
-def _tokenize(vocab: llama_cpp.llama_vocab_p, text: str) -> list[int]:
-    data = text.encode("utf-8")
-    capacity = len(data) + 8
-    buf = (llama_cpp.llama_token * capacity)()
-    n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, capacity, False, True)
-    return list(buf[: max(n, 0)])
