@@ -22,7 +22,9 @@ from tests.servers import CliServer, ThreadedServer, toolstudio
 @pytest.fixture(scope="session")
 def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
     data_dir = tmp_path_factory.mktemp("toolstudio-home")
-    server = CliServer(data_dir, args=("--threads", "2", "--parallel", "4")).start()
+    # Greedy by default: the seed examples send no temperature, and a 135M model sampled at
+    # 0.8 makes their outcomes a coin toss. Tests that want sampling ask for it.
+    server = CliServer(data_dir, args=("--threads", "2", "--parallel", "4", "--temp", "0")).start()
     yield server
     server.stop()
 

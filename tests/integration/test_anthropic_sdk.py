@@ -190,7 +190,12 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 def forced_call(claude: anthropic.Anthropic, choice: dict[str, Any], stream: bool) -> anthropic.types.Message:
-    kwargs: dict[str, Any] = dict(model="m", max_tokens=100, tools=TOOLS, tool_choice=choice, messages=ASK)
+    # One call, greedy: with parallel calls allowed a 135M model tends to repeat its call until
+    # max_tokens, and unseeded sampling made that a coin toss in CI.
+    choice = {**choice, "disable_parallel_tool_use": True}
+    kwargs: dict[str, Any] = dict(
+        model="m", max_tokens=200, tools=TOOLS, tool_choice=choice, messages=ASK, extra_body={"temperature": 0}
+    )
     if not stream:
         return claude.messages.create(**kwargs)
     with claude.messages.stream(**kwargs) as s:
