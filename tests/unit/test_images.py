@@ -157,3 +157,64 @@ def test_broken_base64_is_a_400(fake_server: FakeServer) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         ask(fake_server, "data:image/png;base64,!!!notbase64")
     assert "base64" in str(caught.value)
+
+
+def test_every_dialect_accepts_data_base64_and_url_images(lenient: FakeServer, host: ImageHost) -> None:
+    data = png(color="green")
+    b64 = base64.b64encode(data).decode()
+    host.files["/pic.png"] = ("image/png", data)
+    expected = ImagePart(data=data, media_type="image/png")
+
+    lenient.engine.enqueue("ok", "ok", "ok", "ok")
+    claude = lenient.anthropic()
+    for source in (
+        {"type": "base64", "media_type": "image/png", "data": b64},
+        {"type": "url", "url": host.url("/pic.png")},
+    ):
+        claude.messages.create(
+            model="m",
+            max_tokens=10,
+            messages=[
+                {"role": "user", "content": [{"type": "image", "source": source}, {"type": "text", "text": "?"}]}
+            ],  # type: ignore[misc,list-item]
+        )
+        assert lenient.engine.requests[-1].messages[0].parts[0] == expected
+
+    client = lenient.openai()
+    for url in ("data:image/png;base64," + b64, host.url("/pic.png")):
+        client.responses.create(
+            model="m",
+            input=[
+                {
+                    "role": "user",
+                    "content": [{"type": "input_image", "image_url": url}, {"type": "input_text", "text": "?"}],
+                }
+            ],  # type: ignore[list-item,typeddict-item]
+        )
+        assert (
+            next(p for m in lenient.engine.requests[-1].messages for p in m.parts if isinstance(p, ImagePart))
+            == expected
+        )
+
+
+def test_private_image_urls_are_refused_in_every_dialect(fake_server: FakeServer) -> None:
+    import anthropic
+
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        fake_server.anthropic().messages.create(
+            model="m",
+            max_tokens=10,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "image", "source": {"type": "url", "url": "http://127.0.0.1/x.png"}}],
+                }
+            ],  # type: ignore[misc,list-item]
+        )
+    assert "private or local address" in str(caught.value)
+    with pytest.raises(openai.BadRequestError) as refused:
+        fake_server.openai().responses.create(
+            model="m",
+            input=[{"role": "user", "content": [{"type": "input_image", "image_url": "http://10.1.2.3/x.png"}]}],  # type: ignore[list-item,typeddict-item]
+        )
+    assert "private or local address" in str(refused.value)
