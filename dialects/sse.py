@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -30,12 +31,10 @@ async def primed(events: AsyncIterator[T]) -> AsyncIterator[T]:
         empty = False
 
     async def chained() -> AsyncIterator[T]:
-        try:
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
             if not empty:
                 yield first  # type: ignore[misc]
                 async for item in events:
                     yield item
-        finally:
-            await events.aclose()  # type: ignore[attr-defined]
 
     return chained()

@@ -8,6 +8,7 @@ swallowed here and replaced by ToolRunStart/ToolResult events. Client calls pass
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -136,7 +137,7 @@ async def _forward(events: AsyncIterator[Event], server_names: set[str], turn: _
     """Pass client-visible events on; keep server calls back; re-index client calls."""
     server_indexes: set[int] = set()
     client_index: dict[int, int] = {}
-    try:
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
         async for event in events:
             match event:
                 case TextDelta(text=text):
@@ -162,8 +163,6 @@ async def _forward(events: AsyncIterator[Event], server_names: set[str], turn: _
                     turn.finish = event
                 case _:
                     yield event
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
 
 
 async def _run_tool(

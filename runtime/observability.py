@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -80,7 +81,7 @@ class Metrics:
         """Pass events through, timing the first output and counting tokens and tool runs."""
         started = time.perf_counter()
         first = True
-        try:
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
             async for event in events:
                 if first and isinstance(event, TextDelta | ReasoningDelta | ToolCallStart):
                     self.ttft.observe(time.perf_counter() - started)
@@ -91,8 +92,6 @@ class Metrics:
                 elif isinstance(event, ToolResult):
                     self.record_tool(event)
                 yield event
-        finally:
-            await events.aclose()  # type: ignore[attr-defined]
 
 
 class _LiveGauges(Collector):

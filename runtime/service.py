@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -113,38 +114,19 @@ class Runtime:
                 log.warning("image input ignored: %s has no vision projector loaded", engine.info.id)
                 warn_client(f"image input ignored: the model {engine.info.id} cannot see images (no --mmproj)")
         if tools is None:
-            stream = engine.generate(request)
-            try:
+            async with contextlib.aclosing(engine.generate(request)) as stream:
                 async for event in stream:
                     yield event
-            finally:
-                await stream.aclose()  # type: ignore[attr-defined]
             return
         async with self.open_session(key, request.server_tools.session_id) as session:
             agent = run_agent(engine, request, tools=tools, registry=self.tools, session=session, limits=self.limits)
-            try:
+            async with contextlib.aclosing(agent):
                 async for event in agent:
                     yield event
-            finally:
-                await agent.aclose()
 
-    def open_session(self, key: KeyRecord, session_id: str | None) -> _SessionScope:
-        return _SessionScope(self, key, session_id)
-
-
-class _SessionScope:
-    """`async with runtime.open_session(key, id) as session`: the key's session, with the
-    shared sandbox runner in its state, released afterwards."""
-
-    def __init__(self, runtime: Runtime, key: KeyRecord, session_id: str | None) -> None:
-        self.runtime, self.key, self.session_id = runtime, key, session_id
-        self.session: Session | None = None
-
-    async def __aenter__(self) -> Session:
-        self.session = await self.runtime.sessions.get(str(self.key.id), self.session_id)
-        self.session.state.setdefault("sandbox", self.runtime.sandbox)
-        return self.session
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.session is not None
-        await self.runtime.sessions.release(self.session)
+    @contextlib.asynccontextmanager
+    async def open_session(self, key: KeyRecord, session_id: str | None) -> AsyncIterator[Session]:
+        """The key's session (released afterwards), with the shared sandbox runner in its state."""
+        async with self.sessions.session(str(key.id), session_id) as session:
+            session.state.setdefault("sandbox", self.sandbox)
+            yield session
