@@ -39,7 +39,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.servers import CliServer, toolstudio
+from tests.servers import CliServer, alive, descendants, toolstudio
 
 TOPICS = ["a lighthouse", "a dragon", "the ocean", "a robot", "a forest", "a city", "a comet", "a violin"]
 DIALECTS = ("chat", "anthropic", "responses")
@@ -200,31 +200,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def descendants(root: int) -> set[int]:
-    children: dict[int, set[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = Path(entry, "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":  # zombies are dead already
-            children.setdefault(int(fields[1]), set()).add(int(entry.name))
-    found, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _kernels_cpu(pid: int) -> float:

@@ -10,6 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -106,3 +107,44 @@ class ThreadedServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+def session_tool(
+    base_url: str, key: str, session: str, name: str, arguments: dict[str, Any], *, timeout: float = 60.0
+) -> dict[str, Any]:
+    """Run one tool through `POST /v1/sessions/{session}/tools/{name}`; the result body."""
+    response = httpx.post(
+        f"{base_url}/v1/sessions/{session}/tools/{name}",
+        json=arguments,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=timeout,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (a zombie is gone for every purpose but its exit status)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def descendants(root: int) -> set[int]:
+    """Live (non-zombie) descendants of `root`, read from /proc."""
+    children: dict[int, set[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = Path(entry, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), set()).add(int(entry.name))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found

@@ -38,7 +38,7 @@ from runtime.events import ToolCallEnd, ToolCallStart
 from runtime.keys import KeyStore
 from runtime.sandbox import bwrap_available
 from tests.conftest import FakeServer, serve_fake
-from tests.servers import CliServer, free_port, toolstudio
+from tests.servers import CliServer, alive, descendants, free_port, session_tool, toolstudio
 
 with_bwrap = pytest.mark.skipif(
     not bwrap_available(), reason="bubblewrap is not installed (apt-get install bubblewrap)"
@@ -56,15 +56,6 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
-def alive(pid: int) -> bool:
-    """Running, not a zombie (a zombie is gone for every purpose but its exit status)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def kernel_pids(server_pid: int) -> set[int]:
     """Host pids of the ipykernel interpreters a server started (not the bwrap/prlimit/setpriv
     wrappers around them). Only its descendants: other test runs may have kernels of their own."""
@@ -73,23 +64,6 @@ def kernel_pids(server_pid: int) -> set[int]:
         argv = cmdline(pid)
         if argv and "ipykernel_launcher" in argv and "python" in Path(argv[0]).name:
             found.add(pid)
-    return found
-
-
-def descendants(root: int) -> set[int]:
-    children: dict[int, set[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            ppid = int(Path(entry, "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, set()).add(int(entry.name))
-    found, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
     return found
 
 
@@ -112,14 +86,7 @@ def tool_server(tmp_path: Path) -> Iterator[FakeServer]:
 
 
 def run_tool(server: FakeServer, session: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    response = httpx.post(
-        f"{server.base_url}/v1/sessions/{session}/tools/{tool}",
-        json=arguments,
-        headers={"Authorization": f"Bearer {server.key}"},
-        timeout=60,
-    )
-    assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
+    return session_tool(server.base_url, server.key, session, tool, arguments)
 
 
 def python_call(code: str, call_id: str = "call_1") -> list[Any]:

@@ -34,7 +34,7 @@ from runtime.engine.fake import FakeEngine
 from runtime.keys import KeyStore
 from runtime.sandbox import bwrap_available
 from tests.conftest import FakeServer, serve_fake
-from tests.servers import CliServer, free_port, toolstudio
+from tests.servers import CliServer, free_port, session_tool, toolstudio
 
 with_bwrap = pytest.mark.skipif(
     not bwrap_available(), reason="bubblewrap is not installed (apt-get install bubblewrap)"
@@ -50,14 +50,7 @@ def tool_server(tmp_path: Path) -> Iterator[FakeServer]:
 
 def tool(server: FakeServer, session: str, name: str, arguments: dict[str, Any], key: str | None = None) -> str:
     """Run one tool in a session over HTTP; its output."""
-    response = httpx.post(
-        f"{server.base_url}/v1/sessions/{session}/tools/{name}",
-        json=arguments,
-        headers={"Authorization": f"Bearer {key or server.key}"},
-        timeout=60,
-    )
-    assert response.status_code == 200, response.text
-    return response.json()["output"]  # type: ignore[no-any-return]
+    return session_tool(server.base_url, key or server.key, session, name, arguments)["output"]  # type: ignore[no-any-return]
 
 
 def bash(server: FakeServer, session: str, command: str, key: str | None = None) -> str:

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.servers import CliServer, toolstudio
+from tests.servers import CliServer, session_tool, toolstudio
 
 pytestmark = [
     pytest.mark.integration,
@@ -21,14 +21,7 @@ pytestmark = [
 
 
 def run_tool(server: CliServer, key: str, session: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    response = httpx.post(
-        f"{server.base_url}/v1/sessions/{session}/tools/{tool}",
-        json=arguments,
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=120,
-    )
-    assert response.status_code == 200, response.text
-    return response.json()
+    return session_tool(server.base_url, key, session, tool, arguments, timeout=120)
 
 
 @pytest.fixture(scope="module")
