@@ -34,6 +34,12 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--reasoning", choices=["on", "off", "auto"], default="auto", help="thinking default (auto: the template's)"
     )
     run.add_argument("--chat-template-file", type=Path, help="a Jinja chat template to use instead of the GGUF's")
+    run.add_argument("--mmproj", type=Path, help="a multimodal projector GGUF matching the model (image input)")
+    run.add_argument(
+        "--allow-private-image-urls",
+        action="store_true",
+        help="let image URLs point at private, loopback and link-local addresses (refused by default)",
+    )
     run.add_argument("--temp", "--temperature", dest="temperature", type=float, default=0.8)
     run.add_argument("--top-p", type=float, default=0.95)
     run.add_argument("--top-k", type=int, default=40)
@@ -130,6 +136,7 @@ def _port_free(host: str, port: int) -> bool:
 
 def _run(args: argparse.Namespace, data_dir: Path) -> int:
     from runtime.app import create_app
+    from runtime.images import ImagePolicy
 
     if not _port_free(args.host, args.port):
         return fail(f"port {args.port} on {args.host} is already in use; pick another with -p/--port")
@@ -137,6 +144,10 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
     check_gguf(model_path)
     if args.chat_template_file and not args.chat_template_file.is_file():
         return fail(f"chat template file not found: {args.chat_template_file}")
+    if args.mmproj:
+        if not args.mmproj.is_file():
+            return fail(f"mmproj file not found: {args.mmproj}")
+        check_gguf(args.mmproj)
     engine = EngineConfig(
         model_path=model_path,
         ctx_size=args.ctx_size,
@@ -145,6 +156,7 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         max_queue=args.max_queue,
         reasoning=args.reasoning,
         chat_template_file=args.chat_template_file,
+        mmproj_path=args.mmproj,
     )
     config = ServerConfig(
         engine=engine,
@@ -153,6 +165,7 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         host=args.host,
         port=args.port,
         cors_origins=tuple(args.cors_origin),
+        images=ImagePolicy(allow_private=args.allow_private_image_urls),
         data_dir=data_dir,
         tools=ToolsConfig(
             enable_by_default=args.enable_tools,

@@ -38,6 +38,7 @@ class EngineConfig:
     max_queue: int = 64  # waiting requests beyond the busy slots
     reasoning: ReasoningMode = "auto"  # thinking default for templates with a switch
     chat_template_file: Path | None = None  # overrides the template in the GGUF
+    mmproj_path: Path | None = None  # a multimodal projector: the model then sees images
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,6 +85,13 @@ class Runtime:
             raise ModelNotReady(f"the model {detail}")
         return self.engine
 
+    async def count_tokens(self, request: ChatRequest) -> int:
+        """Prompt tokens as the engine would see them; a model with vision counts image tokens."""
+        engine = self.ready_engine()
+        if engine.info.vision and has_images(request):
+            request = await resolve_images(request, self.config.images)
+        return await engine.count_tokens(request)
+
     @property
     def model_names(self) -> list[str]:
         return [self.config.model_id, *self.config.aliases]

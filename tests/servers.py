@@ -148,3 +148,21 @@ def descendants(root: int) -> set[int]:
                 found.add(child)
                 todo.append(child)
     return found
+
+
+def cli(*args: str, home: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TOOLSTUDIO_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], *, logs: bool = False) -> str:
+    """The error line of a failed command. `logs`: `run` also logs to stderr; the error must still
+    be the last line, and no traceback anywhere."""
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("toolstudio: error: "), done.stderr
+    assert logs or len(lines) == 1, done.stderr
+    return lines[-1]

@@ -34,4 +34,4 @@ async def count_message_tokens(request: Request[Any, Any, Any]) -> dict[str, int
     wire = decode_body(await request.body(), CountTokensRequest)
     chat = to_ir(wire)
     # The engine renders the real chat template (tools included) and tokenizes it.
-    return {"input_tokens": await runtime_of(request).ready_engine().count_tokens(chat)}
+    return {"input_tokens": await runtime_of(request).count_tokens(chat)}

@@ -6,6 +6,7 @@ import asyncio
 import codecs
 import dataclasses
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,11 +19,12 @@ from runtime.engine.reasoning import ReasoningSplitter, starts_thinking, tags_fo
 from runtime.engine.sampler import GrammarMatcher, GrammarTrigger, SamplerParams
 from runtime.engine.scheduler import Done, Scheduler, SequenceJob, Token
 from runtime.engine.stops import StopMatcher
-from runtime.engine.template import ChatTemplate
+from runtime.engine.template import IMAGE_PLACEHOLDER, ChatTemplate
 from runtime.engine.toolcalls import ToolCallParser, detect_format
+from runtime.engine.vision import MediaChunk, Projector
 from runtime.errors import ContextLengthExceeded, InvalidRequest
 from runtime.events import Event, Finished, ReasoningDelta, TextDelta, Usage
-from runtime.ir import ChatRequest, ToolSpec
+from runtime.ir import ChatRequest, ImagePart, ToolSpec
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class PreparedPrompt:
     max_tokens: int
     parser: ToolCallParser | None = None  # set when the output may hold client tool calls
     thinking_open: bool = False  # the prompt itself opened a thinking block
+    media: tuple[MediaChunk, ...] = ()  # the prompt's images, in order (with a projector)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +59,18 @@ class LlamaEngine:
         self.template = ChatTemplate(source, bos_token=self.model.bos_token, eos_token=self.model.eos_token)
         self.tool_format = detect_format(self.template.source)
         self.thinking_tags = tags_for_template(self.template.source)
-        self.scheduler = Scheduler(self.model, config)
+        self.projector = (
+            Projector(config.mmproj_path, self.model, threads=config.threads or os.cpu_count() or 1)
+            if config.mmproj_path
+            else None
+        )
+        self.scheduler = Scheduler(self.model, config, projector=self.projector)
         self._info = ModelInfo(
             id=model_id,
             context_length=self.ctx_size,
             created=int(config.model_path.stat().st_mtime),
             description=self.model.description(),
+            vision=self.projector is not None,
         )
         log.info(
             "model %s ready: %s, context %d tokens per request, %d parallel slots",
@@ -84,6 +93,8 @@ class LlamaEngine:
 
     async def close(self) -> None:
         await asyncio.to_thread(self.scheduler.close)
+        if self.projector is not None:
+            self.projector.close()
         self.model.close()
 
     # -- prompt ---------------------------------------------------------------------------
@@ -107,7 +118,8 @@ class LlamaEngine:
         # calls and results); only native formats hand the tools to the template itself.
         messages = self.tool_format.prepare_messages(request.messages, tools)
         native_tools = tools if tools and self.tool_format.native else None
-        return self.template.render(messages, tools=native_tools, **self.template_kwargs(request))
+        marker = self.projector.marker if self.projector is not None else IMAGE_PLACEHOLDER
+        return self.template.render(messages, tools=native_tools, image_marker=marker, **self.template_kwargs(request))
 
     def template_kwargs(self, request: ChatRequest) -> dict[str, Any]:
         """The request's own template variables, plus the thinking switch: the request's
@@ -120,17 +132,22 @@ class LlamaEngine:
                 kwargs["enable_thinking"] = enabled
         return kwargs
 
-    def tokenize_prompt(self, prompt: str) -> list[int]:
+    def tokenize_prompt(self, prompt: str, request: ChatRequest | None = None) -> tuple[list[int], list[MediaChunk]]:
+        """The prompt's tokens; with a projector, the request's images become placeholder runs."""
         add_bos = self.model.add_bos and not (self.template.bos_token and prompt.startswith(self.template.bos_token))
-        return self.model.tokenize(prompt, add_special=add_bos)
+        images = _image_bytes(request) if request is not None and self.projector is not None else []
+        if self.projector is not None and images:
+            return self.projector.tokenize(prompt, images, add_special=add_bos)
+        return self.model.tokenize(prompt, add_special=add_bos), []
 
     async def count_tokens(self, request: ChatRequest) -> int:
-        return len(await asyncio.to_thread(lambda: self.tokenize_prompt(self.render(request))))
+        tokens, _ = await asyncio.to_thread(lambda: self.tokenize_prompt(self.render(request), request))
+        return len(tokens)
 
     def _prepare(self, request: ChatRequest) -> PreparedPrompt:
         constraint = self.constraint(request)
         prompt = self.render(request)
-        tokens = self.tokenize_prompt(prompt)
+        tokens, media = self.tokenize_prompt(prompt, request)
         if len(tokens) >= self.ctx_size:
             raise ContextLengthExceeded(
                 f"this model's context window is {self.ctx_size} tokens; the prompt takes {len(tokens)}"
@@ -153,7 +170,8 @@ class LlamaEngine:
             grammar_triggers=constraint.triggers,
         )
         thinking_open = self.thinking_tags is not None and starts_thinking(prompt, self.thinking_tags)
-        return PreparedPrompt(tokens, params, min(wanted, room) if wanted else room, constraint.parser, thinking_open)
+        max_tokens = min(wanted, room) if wanted else room
+        return PreparedPrompt(tokens, params, max_tokens, constraint.parser, thinking_open, tuple(media))
 
     def constraint(self, request: ChatRequest) -> OutputConstraint:
         """The grammar (and tool-call parser) a request's tools and response format ask for."""
@@ -194,6 +212,7 @@ class LlamaEngine:
             prompt=prepared.tokens,
             params=prepared.params,
             max_tokens=prepared.max_tokens,
+            media=prepared.media,
             deliver=lambda item: loop.call_soon_threadsafe(queue.put_nowait, item),
         )
         self.scheduler.submit(job)
@@ -252,3 +271,15 @@ class LlamaEngine:
             yield finish
         finally:
             job.cancelled = True  # a no-op when finished; stops decoding when the client went away
+
+
+def _image_bytes(request: ChatRequest) -> list[bytes]:
+    """The request's images in prompt order; they must be fetched already (runtime/images.py)."""
+    images: list[bytes] = []
+    for message in request.messages:
+        for part in message.parts:
+            if isinstance(part, ImagePart):
+                if part.data is None:
+                    raise InvalidRequest("an image URL was not fetched before tokenizing")
+                images.append(part.data)
+    return images

@@ -18,14 +18,14 @@ _LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ER
 
 
 @llama_cpp.llama_log_callback
-def _forward_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+def forward_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     # llama.cpp is chatty at INFO; everything goes to DEBUG except real warnings/errors.
     py_level = _LEVELS.get(level, logging.DEBUG)
     if llama_log.isEnabledFor(py_level):
         llama_log.log(py_level, "%s", text.decode("utf-8", "replace").rstrip())
 
 
-llama_cpp.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
+llama_cpp.llama_log_set(forward_llama_log, ctypes.c_void_p(0))
 llama_cpp.llama_backend_init()
 
 

@@ -8,6 +8,9 @@ calls `llama_decode` once, then samples each sequence with its own sampler chain
 Slots keep their KV cache after a request ends, so a follow-up request whose prompt
 extends a previous one (the next chat turn, an agent-loop iteration) lands on that slot and
 only decodes the new suffix.
+
+With a projector, a prompt's images are runs of negative placeholder ids (`vision.py`);
+the step that reaches one has the projector encode the image into the slot's KV first.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import llama_cpp
 from runtime.config import EngineConfig
 from runtime.engine.model import LlamaModel
 from runtime.engine.sampler import SamplerChain, SamplerParams
+from runtime.engine.vision import MediaChunk, Projector, is_placeholder
 from runtime.errors import EngineFailure, ModelNotReady, Overloaded, ToolstudioError
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,7 @@ class SequenceJob:
     params: SamplerParams
     max_tokens: int
     deliver: Callable[[Token | Done], None]
+    media: tuple[MediaChunk, ...] = ()  # the images whose placeholders are in `prompt`
     cancelled: bool = False  # set by the requester; read by the worker every step
     submitted_at: float = field(default_factory=time.monotonic)
 
@@ -82,8 +87,9 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class Scheduler:
-    def __init__(self, model: LlamaModel, config: EngineConfig) -> None:
+    def __init__(self, model: LlamaModel, config: EngineConfig, *, projector: Projector | None = None) -> None:
         self.model = model
+        self.projector = projector
         self.ctx_size = config.ctx_size
         self.batch_size = config.batch_size
         self.max_queue = config.max_queue
@@ -192,6 +198,8 @@ class Scheduler:
                 job.deliver(Done("error", error=exc))
                 continue
             keep = min(common_prefix(slot.tokens, job.prompt), len(job.prompt) - 1)  # need >= 1 to decode
+            while keep > 0 and is_placeholder(job.prompt[keep]) and job.prompt[keep - 1] == job.prompt[keep]:
+                keep -= 1  # an image's KV is written whole: never keep part of one
             if keep < len(slot.tokens) and not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1):
                 self._forget(slot)  # partial removal unsupported for this cache type: start over
                 keep = 0
@@ -237,10 +245,13 @@ class Scheduler:
         # Then prompt chunks, oldest request first, within what is left of the batch.
         prefilling = sorted((s for s in self.slots if s.job is not None and s.todo), key=lambda s: s.job.submitted_at)
         for slot in prefilling:
+            while slot.todo and is_placeholder(slot.todo[0]) and slot.job is not None:
+                self._evaluate_image(slot)
             room = self.batch_size - n
-            if room <= 0:
-                break
-            chunk, slot.todo = slot.todo[:room], slot.todo[room:]
+            if room <= 0 or slot.job is None:
+                continue
+            take = next((i for i, t in enumerate(slot.todo[:room]) if is_placeholder(t)), min(room, len(slot.todo)))
+            chunk, slot.todo = slot.todo[:take], slot.todo[take:]
             for i, token in enumerate(chunk):
                 last = not slot.todo and i == len(chunk) - 1
                 self._add(n, token, len(slot.tokens), slot.seq_id, last)
@@ -257,6 +268,22 @@ class Scheduler:
         for slot in self.slots:
             if slot.batch_index >= 0 and slot.job is not None:
                 self._sample(slot)
+
+    def _evaluate_image(self, slot: Slot) -> None:
+        """Encode the image at the head of the slot's prompt into its KV (stalls this step)."""
+        job = slot.job
+        assert job is not None and self.projector is not None
+        media = next(m for m in job.media if m.placeholder == slot.todo[0])
+        started = time.perf_counter()
+        try:
+            self.projector.evaluate(self.ctx, media, len(slot.tokens), slot.seq_id, self.batch_size)
+        except EngineFailure as exc:
+            self._forget(slot)
+            self._release(slot, "error", exc)
+            return
+        slot.tokens += slot.todo[: media.n_pos]
+        slot.todo = slot.todo[media.n_pos :]
+        log.debug("image of %d positions evaluated in %.1f ms", media.n_pos, (time.perf_counter() - started) * 1000)
 
     def _sample(self, slot: Slot) -> None:
         job = slot.job

@@ -20,7 +20,7 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-IMAGE_PLACEHOLDER = "[image]"
+IMAGE_PLACEHOLDER = "[image]"  # what a text-only model reads where an image was
 
 
 def _raise_exception(message: str) -> None:
@@ -62,10 +62,11 @@ class ChatTemplate:
         *,
         tools: list[ToolSpec] | None = None,
         add_generation_prompt: bool = True,
+        image_marker: str = IMAGE_PLACEHOLDER,
         **kwargs: Any,
     ) -> str:
         variables: dict[str, Any] = {
-            "messages": [message_to_template(m) for m in messages],
+            "messages": [message_to_template(m, image_marker) for m in messages],
             "add_generation_prompt": add_generation_prompt,
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
@@ -95,7 +96,7 @@ def _arguments_value(arguments: str) -> Any:
         return arguments
 
 
-def message_to_template(message: Message) -> dict[str, Any]:
+def message_to_template(message: Message, image_marker: str = IMAGE_PLACEHOLDER) -> dict[str, Any]:
     text: list[str] = []
     reasoning: list[str] = []
     tool_calls: list[dict[str, Any]] = []
@@ -105,7 +106,7 @@ def message_to_template(message: Message) -> dict[str, Any]:
             case TextPart(text=t):
                 text.append(t)
             case ImagePart():
-                text.append(IMAGE_PLACEHOLDER)
+                text.append(image_marker)
             case ReasoningPart(text=t):
                 reasoning.append(t)
             case ToolCallPart(id=call_id, name=name, arguments=arguments):

@@ -38,7 +38,7 @@ from runtime.events import ToolCallEnd, ToolCallStart
 from runtime.keys import KeyStore
 from runtime.sandbox import bwrap_available
 from tests.conftest import FakeServer, serve_fake
-from tests.servers import CliServer, alive, descendants, free_port, session_tool, toolstudio
+from tests.servers import CliServer, alive, cli, descendants, free_port, one_line_error, session_tool, toolstudio
 
 with_bwrap = pytest.mark.skipif(
     not bwrap_available(), reason="bubblewrap is not installed (apt-get install bubblewrap)"
@@ -166,24 +166,6 @@ def test_hanging_tools_time_out_and_the_session_goes_on(tool_server: FakeServer)
 
 
 # -- the key database ----------------------------------------------------------------------------------
-
-
-def cli(*args: str, home: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TOOLSTUDIO_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "runtime.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def one_line_error(done: subprocess.CompletedProcess[str], *, logs: bool = False) -> str:
-    """The error line of a failed command. `logs`: `run` also logs to stderr; the error must still
-    be the last line, and no traceback anywhere."""
-    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
-    assert "Traceback" not in done.stderr, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("toolstudio: error: "), done.stderr
-    assert logs or len(lines) == 1, done.stderr
-    return lines[-1]
 
 
 @dataclass
