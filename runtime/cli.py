@@ -22,14 +22,28 @@ from runtime.plugins import PluginError
 log = logging.getLogger("toolstudio")
 
 
+def positive(text: str) -> int:
+    """argparse type: an integer of at least 1 (a 0 slot count or context would fail much later)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser("run", help="start the API server")
     run.add_argument("--model", "-m", help="a .gguf path or owner/repo[:quant] (default: embedded SmolLM2-135M)")
     run.add_argument("--alias", action="append", default=[], help="another name for the model (repeatable)")
-    run.add_argument("-c", "--ctx-size", type=int, default=4096, help="context window per request (tokens)")
-    run.add_argument("--threads", type=int, default=None, help="CPU threads for decoding (default: all cores)")
-    run.add_argument("--parallel", "-np", type=int, default=4, help="requests decoded together (slots)")
+    run.add_argument("-c", "--ctx-size", type=positive, default=4096, help="context window per request (tokens)")
+    run.add_argument("--threads", type=positive, default=None, help="CPU threads for decoding (default: all cores)")
+    run.add_argument("--parallel", "-np", type=positive, default=4, help="requests decoded together (slots)")
     run.add_argument("--max-queue", type=int, default=64, help="requests allowed to wait for a slot")
+    run.add_argument(
+        "--prefill-chunk", type=positive, default=64, help="prompt tokens per step while other requests run"
+    )
     run.add_argument(
         "--reasoning", choices=["on", "off", "auto"], default="auto", help="thinking default (auto: the template's)"
     )
@@ -47,9 +61,9 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     run.add_argument("--repeat-penalty", type=float, default=1.0)
     tools = run.add_argument_group("server-side tools")
     tools.add_argument("--enable-tools", action="store_true", help="requests that don't say get server tools")
-    tools.add_argument("--max-tool-iterations", type=int, default=8, help="tool rounds per request")
+    tools.add_argument("--max-tool-iterations", type=positive, default=8, help="tool rounds per request")
     tools.add_argument("--tool-timeout", type=float, default=60.0, help="seconds per tool call")
-    tools.add_argument("--max-sessions", type=int, default=32, help="live tool sessions (oldest idle evicted)")
+    tools.add_argument("--max-sessions", type=positive, default=32, help="live tool sessions (oldest idle evicted)")
     tools.add_argument("--session-idle", type=float, default=1800.0, help="seconds before an idle session closes")
     tools.add_argument("--search-provider", default="ddgs", help="web search backend (a plugin may add more)")
     tools.add_argument(
@@ -154,6 +168,7 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         threads=args.threads,
         parallel=args.parallel,
         max_queue=args.max_queue,
+        prefill_chunk=args.prefill_chunk,
         reasoning=args.reasoning,
         chat_template_file=args.chat_template_file,
         mmproj_path=args.mmproj,

@@ -35,6 +35,7 @@ class EngineConfig:
     threads: int | None = None  # None: all cores
     parallel: int = 4  # sequences decoded together
     batch_size: int = 512
+    prefill_chunk: int = 64  # prompt tokens per step while other requests decode or wait
     max_queue: int = 64  # waiting requests beyond the busy slots
     reasoning: ReasoningMode = "auto"  # thinking default for templates with a switch
     chat_template_file: Path | None = None  # overrides the template in the GGUF

@@ -146,3 +146,87 @@ def test_many_threads_submitting_at_once(scheduler: Scheduler, model: LlamaModel
     assert sorted(results) == list(range(6))
     for i in range(6):
         assert results[i] == run(scheduler, [(prompt(model, texts[i]), GREEDY)], max_tokens=12)[0]
+
+
+class StepLog:
+    """Deliveries from several jobs in the order the decode thread made them."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Token | Done]] = []
+        self.lock = threading.Lock()
+
+    def collector(self, name: str) -> Collector:
+        collector = Collector()
+        keep = collector.deliver
+
+        def deliver(item: Token | Done) -> None:
+            with self.lock:
+                self.events.append((name, item))
+            keep(item)
+
+        collector.deliver = deliver  # type: ignore[method-assign]
+        return collector
+
+    def first_token(self, name: str) -> int:
+        with self.lock:
+            return next(i for i, (n, item) in enumerate(self.events) if n == name and isinstance(item, Token))
+
+    def tokens_between(self, name: str, start: int, end: int) -> int:
+        with self.lock:
+            return sum(1 for n, item in self.events[start:end] if n == name and isinstance(item, Token))
+
+
+def wait_for(condition: object, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_a_long_prompt_stalls_a_running_stream_for_one_chunk_at_a_time(model: LlamaModel) -> None:
+    config = EngineConfig(model_path=model.path, ctx_size=1024, threads=2, parallel=2, prefill_chunk=64)
+    sched = Scheduler(model, config)
+    log = StepLog()
+    try:
+        runner = SequenceJob(prompt(model, "Write a very long essay."), GREEDY, 1000, log.collector("runner").deliver)
+        sched.submit(runner)
+        wait_for(lambda: log.events)
+        long_prompt = prompt(model, "Summarise this: " + "the quick brown fox jumps over the lazy dog " * 40)
+        assert len(long_prompt) > 5 * 64
+        submitted = len(log.events)
+        sched.submit(SequenceJob(long_prompt, GREEDY, 2, log.collector("long").deliver))
+        wait_for(lambda: any(n == "long" for n, _ in log.events))
+        # One chunk of the long prompt per step, and the runner decodes a token in each of them.
+        assert log.tokens_between("runner", submitted, log.first_token("long")) >= len(long_prompt) // 64 - 1
+    finally:
+        runner.cancelled = True
+        sched.close()
+
+
+def test_queued_prompts_get_their_first_tokens_in_turn(model: LlamaModel) -> None:
+    config = EngineConfig(model_path=model.path, ctx_size=1024, threads=2, parallel=4, prefill_chunk=64)
+    sched = Scheduler(model, config)
+    log = StepLog()
+    try:
+        runner = SequenceJob(prompt(model, "Write a very long essay."), GREEDY, 1000, log.collector("runner").deliver)
+        sched.submit(runner)
+        wait_for(lambda: log.events)
+        # Each prompt is over half a chunk: two never fit in one step.
+        texts = {
+            name: f"Tell me, in great detail and step by step, everything you know about the letter {name}, its history, its sound and its shape in every alphabet."
+            for name in "abc"
+        }
+        jobs = {name: prompt(model, text) for name, text in texts.items()}
+        assert all(32 < len(tokens) <= 64 for tokens in jobs.values())
+        collectors = {name: log.collector(name) for name in jobs}
+        for name, tokens in jobs.items():
+            sched.submit(SequenceJob(tokens, GREEDY, 2, collectors[name].deliver))
+        for collector in collectors.values():
+            collector.wait()
+        a, b, c = (log.first_token(name) for name in "abc")
+        assert a < b < c
+        # The runner kept decoding between them: each prompt had a step of its own.
+        assert log.tokens_between("runner", a, b) >= 1 and log.tokens_between("runner", b, c) >= 1
+    finally:
+        runner.cancelled = True
+        sched.close()
