@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import codecs
 import dataclasses
+import functools
 import logging
 import os
+import threading
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +49,29 @@ class OutputConstraint:
     parser: ToolCallParser | None = None
 
 
+class Mailbox:
+    """Hands the decode thread's tokens to one event loop. A step delivers a token to every
+    running stream; the loop is woken once for all of them, not once per token."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pending: list[tuple[asyncio.Queue[Token | Done], Token | Done]] = []
+        self._lock = threading.Lock()
+
+    def post(self, queue: asyncio.Queue[Token | Done], item: Token | Done) -> None:
+        with self._lock:
+            self._pending.append((queue, item))
+            if len(self._pending) > 1:
+                return  # a flush is already scheduled and will take this one too
+        self._loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for queue, item in pending:
+            queue.put_nowait(item)
+
+
 class LlamaEngine:
     def __init__(self, config: EngineConfig, *, model_id: str, defaults: SamplingDefaults) -> None:
         self.config = config
@@ -65,6 +91,7 @@ class LlamaEngine:
             else None
         )
         self.scheduler = Scheduler(self.model, config, projector=self.projector)
+        self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Mailbox] = weakref.WeakKeyDictionary()
         self._info = ModelInfo(
             id=model_id,
             context_length=self.ctx_size,
@@ -204,6 +231,12 @@ class LlamaEngine:
 
     # -- generation -------------------------------------------------------------------------
 
+    def _mailbox(self, loop: asyncio.AbstractEventLoop) -> Mailbox:
+        mailbox = self._mailboxes.get(loop)
+        if mailbox is None:
+            mailbox = self._mailboxes[loop] = Mailbox(loop)
+        return mailbox
+
     async def generate(self, request: ChatRequest) -> AsyncIterator[Event]:
         prepared = await asyncio.to_thread(self._prepare, request)
         loop = asyncio.get_running_loop()
@@ -213,7 +246,7 @@ class LlamaEngine:
             params=prepared.params,
             max_tokens=prepared.max_tokens,
             media=prepared.media,
-            deliver=lambda item: loop.call_soon_threadsafe(queue.put_nowait, item),
+            deliver=functools.partial(self._mailbox(loop).post, queue),
         )
         self.scheduler.submit(job)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
