@@ -52,9 +52,9 @@ def image_from_url(url: str, *, param: str) -> ImagePart:
             data = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidRequest(f"the image data URI is not valid base64: {exc}", param=param) from exc
-        return ImagePart(data=data, media_type=header[5:].split(";")[0] or None)
+        return ImagePart(data=data, media_type=header[5:].split(";")[0] or None, where=param)
     if url.startswith(("http://", "https://")):
-        return ImagePart(url=url)
+        return ImagePart(url=url, where=param)
     raise InvalidRequest("image URLs must be http(s) or data: URIs", param=param)
 
 

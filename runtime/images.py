@@ -45,7 +45,7 @@ async def resolve_images(request: ChatRequest, policy: ImagePolicy) -> ChatReque
             parts = list(message.parts)
             for j, part in enumerate(parts):
                 if isinstance(part, ImagePart):
-                    parts[j] = await _resolve(part, f"messages[{i}].content[{j}]", client, policy)
+                    parts[j] = await _resolve(part, part.where or f"messages[{i}].content[{j}]", client, policy)
             messages.append(Message(message.role, parts))
     return dataclasses.replace(request, messages=messages)
 
@@ -55,7 +55,7 @@ async def _resolve(part: ImagePart, where: str, client: httpx.AsyncClient, polic
     if len(data) > policy.max_bytes:
         raise InvalidRequest(f"the image at {where} is larger than {policy.max_bytes} bytes", param=where)
     media_type = await asyncio.to_thread(_validate, data, where)
-    return ImagePart(data=data, media_type=media_type)
+    return ImagePart(data=data, media_type=media_type, where=where)
 
 
 def _validate(data: bytes, where: str) -> str:

@@ -24,6 +24,8 @@ class ImagePart:
     data: bytes | None = None
     url: str | None = None
     media_type: str | None = None
+    # The part's path in the client's request, for error messages; not part of the image.
+    where: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

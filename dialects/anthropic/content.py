@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 
 from dialects.anthropic.protocol import (
@@ -35,7 +36,7 @@ Located = tuple[str, ContentBlock]  # (the block's path in the request, the bloc
 def image_part(block: ImageBlock, param: str) -> ImagePart:
     source = block.source
     if isinstance(source, URLSource):
-        return image_from_url(source.url, param=f"{param}.source.url")
+        return dataclasses.replace(image_from_url(source.url, param=f"{param}.source.url"), where=param)
     if isinstance(source, FileSource):
         raise UnsupportedFeature(
             "image file_id sources need the Files API, which this server does not have; "
@@ -48,7 +49,7 @@ def image_part(block: ImageBlock, param: str) -> ImagePart:
         raise InvalidRequest(f"{param}.source.data: the image is not valid base64: {exc}", param=param) from exc
     # The runtime decodes every image (Pillow) before the engine sees it, so bytes that are no
     # image still become a 400 there; the declared type is only a hint.
-    return ImagePart(data=data, media_type=source.media_type)
+    return ImagePart(data=data, media_type=source.media_type, where=param)
 
 
 def _document_parts(block: DocumentBlock, param: str) -> list[Part]:

@@ -84,7 +84,9 @@ def test_data_uri_image_is_decoded_and_validated(fake_server: FakeServer) -> Non
     data = png()
     response = ask(fake_server, "data:image/png;base64," + base64.b64encode(data).decode())
     assert response.choices[0].message.content == "I see it."
-    assert fake_server.engine.requests[-1].messages[0].parts[0] == ImagePart(data=data, media_type="image/png")
+    assert fake_server.engine.requests[-1].messages[0].parts[0] == ImagePart(
+        data=data, media_type="image/png", where="messages[0].content[0]"
+    )
 
 
 def test_text_only_model_says_the_image_was_not_seen(fake_server: FakeServer) -> None:
@@ -115,7 +117,9 @@ def test_http_image_url_is_fetched(lenient: FakeServer, host: ImageHost) -> None
     data = png(color="blue")
     host.files["/cat.png"] = ("image/png", data)
     ask(lenient, host.url("/cat.png"))
-    assert lenient.engine.requests[-1].messages[0].parts[0] == ImagePart(data=data, media_type="image/png")
+    assert lenient.engine.requests[-1].messages[0].parts[0] == ImagePart(
+        data=data, media_type="image/png", where="messages[0].content[0]"
+    )
 
 
 @pytest.mark.parametrize(
@@ -178,7 +182,8 @@ def test_every_dialect_accepts_data_base64_and_url_images(lenient: FakeServer, h
                 {"role": "user", "content": [{"type": "image", "source": source}, {"type": "text", "text": "?"}]}
             ],  # type: ignore[misc,list-item]
         )
-        assert lenient.engine.requests[-1].messages[0].parts[0] == expected
+        seen = lenient.engine.requests[-1].messages[0].parts[0]
+        assert isinstance(seen, ImagePart) and (seen.data, seen.media_type) == (expected.data, expected.media_type)
 
     client = lenient.openai()
     for url in ("data:image/png;base64," + b64, host.url("/pic.png")):
@@ -191,10 +196,8 @@ def test_every_dialect_accepts_data_base64_and_url_images(lenient: FakeServer, h
                 }
             ],  # type: ignore[list-item,typeddict-item]
         )
-        assert (
-            next(p for m in lenient.engine.requests[-1].messages for p in m.parts if isinstance(p, ImagePart))
-            == expected
-        )
+        seen = next(p for m in lenient.engine.requests[-1].messages for p in m.parts if isinstance(p, ImagePart))
+        assert (seen.data, seen.media_type) == (expected.data, expected.media_type)
 
 
 def test_private_image_urls_are_refused_in_every_dialect(fake_server: FakeServer) -> None:
@@ -218,3 +221,48 @@ def test_private_image_urls_are_refused_in_every_dialect(fake_server: FakeServer
             input=[{"role": "user", "content": [{"type": "input_image", "image_url": "http://10.1.2.3/x.png"}]}],  # type: ignore[list-item,typeddict-item]
         )
     assert "private or local address" in str(refused.value)
+
+
+def test_image_errors_name_the_part_as_the_client_sent_it(fake_server: FakeServer) -> None:
+    """Anthropic's top-level `system` and Responses' `instructions` become IR messages of their
+    own; the error must still point into the client's request, not at IR positions."""
+    import anthropic
+
+    not_an_image = base64.b64encode(b"plain text").decode()
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        fake_server.anthropic().messages.create(
+            model="m",
+            max_tokens=10,
+            system="You look at pictures.",
+            messages=[
+                {"role": "user", "content": "hello"},
+                {"role": "assistant", "content": "hi"},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "what is this?"},
+                        {
+                            "type": "image",
+                            "source": {"type": "base64", "media_type": "image/png", "data": not_an_image},
+                        },
+                    ],
+                },
+            ],  # type: ignore[misc,list-item]
+        )
+    assert "messages[2].content[1]" in str(caught.value)
+    with pytest.raises(openai.BadRequestError) as refused:
+        fake_server.openai().responses.create(
+            model="m",
+            instructions="You look at pictures.",
+            input=[
+                {"role": "user", "content": "hello"},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "what is this?"},
+                        {"type": "input_image", "image_url": "data:image/png;base64," + not_an_image},
+                    ],
+                },
+            ],  # type: ignore[list-item,typeddict-item]
+        )
+    assert "input[1].content[1]" in str(refused.value)
