@@ -119,7 +119,10 @@ async def run_agent(
         # A forced call has been made; from now on the model must be free to answer in text.
         choice = ToolChoice("auto") if current.tool_choice.mode in ("required", "function") else current.tool_choice
         current = dataclasses.replace(
-            current, messages=[*current.messages, *_transcript(turn, results)], tool_choice=choice
+            current,
+            messages=[*current.messages, *_transcript(turn, results, current.prefill)],
+            tool_choice=choice,
+            prefill="",  # now part of the transcript
         )
         if turn.client_calls:
             yield usage.event()
@@ -212,8 +215,9 @@ def _for_model(result: ToolResult) -> str:
     return ("Error: " + text) if result.is_error else text
 
 
-def _transcript(turn: _Turn, results: list[ToolResult]) -> list[Message]:
-    parts: list[Part] = [TextPart(turn.text)] if turn.text else []
+def _transcript(turn: _Turn, results: list[ToolResult], prefill: str = "") -> list[Message]:
+    text = prefill + turn.text
+    parts: list[Part] = [TextPart(text)] if text else []
     parts += [ToolCallPart(c.id, c.name, c.arguments) for c in turn.server_calls]
     messages = [Message("assistant", parts)]
     messages += [Message("tool", [ToolResultPart(r.call_id, _for_model(r), r.is_error, r.name)]) for r in results]

@@ -125,3 +125,6 @@ class ChatRequest:
     reasoning: bool | None = None
     server_tools: ServerTools = field(default_factory=ServerTools)
     template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Text the assistant's reply already starts with (Anthropic's final assistant message):
+    # generation continues it, and the reply does not repeat it.
+    prefill: str = ""

@@ -60,8 +60,27 @@ def _is_empty(turn: Turn) -> bool:
     return all(isinstance(block, TextBlock) and not block.text for _, block in turn.blocks)
 
 
-def _messages(wire: MessageInputs) -> list[Message]:
+def _prefill(turn: Turn) -> str:
+    """The text a final assistant turn puts in the model's mouth."""
+    for where, block in turn.blocks:
+        if not isinstance(block, TextBlock):
+            raise UnsupportedFeature(
+                f"a final assistant message (prefill) can only hold text, not {type(block).__struct_config__.tag} blocks",
+                param=where,
+            )
+    text = "".join(block.text for _, block in turn.blocks if isinstance(block, TextBlock))
+    if text != text.rstrip():
+        # As Anthropic's API: the model would otherwise continue after a dangling space.
+        raise InvalidRequest(
+            "final assistant content cannot end with trailing whitespace", param=f"messages[{turn.index}].content"
+        )
+    return text
+
+
+def _messages(wire: MessageInputs) -> tuple[list[Message], str]:
+    """The conversation as IR messages, and the prefill (a final assistant turn's text)."""
     messages: list[Message] = []
+    prefill = ""
     if wire.system:
         system = (
             wire.system if isinstance(wire.system, str) else [(f"system[{j}]", b) for j, b in enumerate(wire.system)]
@@ -76,13 +95,8 @@ def _messages(wire: MessageInputs) -> list[Message]:
             'messages: first message must use the "user" role', param=f"messages[{conversation[0].index}].role"
         )
     if turns[-1].role == "assistant":
-        if not _is_empty(turns[-1]):
-            # Continuing a partial assistant turn needs a template without the generation
-            # prompt; rendering it as a finished turn would silently answer something else.
-            raise UnsupportedFeature(
-                "a final assistant message (prefill) is not supported by this server; end with a user message",
-                param=f"messages[{turns[-1].index}]",
-            )
+        # Rendered after the generation prompt, not as a finished turn: the reply continues it.
+        prefill = "" if _is_empty(turns[-1]) else _prefill(turns[-1])
         turns.pop()
     previous_calls: dict[str, str] = {}
     for turn in turns:
@@ -100,7 +114,7 @@ def _messages(wire: MessageInputs) -> list[Message]:
         else:
             messages.extend(user_messages(turn.blocks, previous_calls))
             previous_calls = {}
-    return messages
+    return messages, prefill
 
 
 def _tool_choice(wire: MessageInputs, tools: list[ToolSpec], server: ServerTools) -> tuple[ToolChoice, bool]:
@@ -172,9 +186,11 @@ def to_ir(wire: MessageInputs) -> ChatRequest:
     server = server_tools(wire.enable_tools, wire.enabled_tools, wire.session_id, wire.max_tool_calls_per_message)
     choice, parallel = _tool_choice(wire, tools, server)
     sampling = _sampling(wire)
+    messages, prefill = _messages(wire)
     return ChatRequest(
         model=wire.model,
-        messages=_messages(wire),
+        messages=messages,
+        prefill=prefill,
         sampling=sampling,
         tools=tools,
         tool_choice=choice,

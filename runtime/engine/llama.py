@@ -25,7 +25,7 @@ from runtime.engine.stops import StopMatcher
 from runtime.engine.template import IMAGE_PLACEHOLDER, ChatTemplate
 from runtime.engine.toolcalls import ToolCallParser, detect_format
 from runtime.engine.vision import MediaChunk, Projector
-from runtime.errors import ContextLengthExceeded, InvalidRequest
+from runtime.errors import ContextLengthExceeded, InvalidRequest, UnsupportedFeature
 from runtime.events import Event, Finished, ReasoningDelta, TextDelta, Usage
 from runtime.ir import ChatRequest, ImagePart, ToolSpec
 
@@ -146,7 +146,10 @@ class LlamaEngine:
         messages = self.tool_format.prepare_messages(request.messages, tools)
         native_tools = tools if tools and self.tool_format.native else None
         marker = self.projector.marker if self.projector is not None else IMAGE_PLACEHOLDER
-        return self.template.render(messages, tools=native_tools, image_marker=marker, **self.template_kwargs(request))
+        prompt = self.template.render(
+            messages, tools=native_tools, image_marker=marker, **self.template_kwargs(request)
+        )
+        return prompt + request.prefill
 
     def template_kwargs(self, request: ChatRequest) -> dict[str, Any]:
         """The request's own template variables, plus the thinking switch: the request's
@@ -203,6 +206,11 @@ class LlamaEngine:
     def constraint(self, request: ChatRequest) -> OutputConstraint:
         """The grammar (and tool-call parser) a request's tools and response format ask for."""
         out = request.output_format
+        if request.prefill and (out.kind != "text" or request.tool_choice.mode in ("required", "function")):
+            # The grammar describes the whole reply, and the prefill would already be part of it.
+            raise UnsupportedFeature(
+                "a prefilled assistant reply cannot be combined with a structured output format or a forced tool_choice"
+            )
         response: dict[str, Any] | None = None
         if out.kind == "json_schema":
             if not isinstance(out.schema, dict):

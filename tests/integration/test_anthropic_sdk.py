@@ -160,6 +160,26 @@ def test_count_tokens_is_the_prompt_the_model_reads(claude: anthropic.Anthropic)
     assert longer - base == 10
 
 
+def test_a_prefill_is_continued_not_repeated(claude: anthropic.Anthropic) -> None:
+    question: Any = {"role": "user", "content": "Count from 1 to 10, separated by commas."}
+    prefill: Any = {"role": "assistant", "content": "1, 2, 3, 4,"}
+    message = claude.messages.create(model="m", max_tokens=6, messages=[question, prefill])
+    text = message.content[0].text  # type: ignore[union-attr]
+    assert text.lstrip().startswith("5"), text  # the model read the prefill and went on from it
+    counted = claude.messages.count_tokens(model="m", messages=[question, prefill]).input_tokens
+    assert counted == message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0)
+    assert counted > claude.messages.count_tokens(model="m", messages=[question]).input_tokens
+
+    # A grammar describes the whole reply, which the prefill would already have started.
+    with pytest.raises(anthropic.BadRequestError, match="prefill"):
+        claude.messages.create(
+            model="m",
+            max_tokens=10,
+            messages=[question, prefill],
+            output_config={"format": {"type": "json_schema", "schema": {"type": "object"}}},
+        )
+
+
 def test_structured_output_follows_the_schema(claude: anthropic.Anthropic) -> None:
     schema = {
         "type": "object",

@@ -15,7 +15,7 @@ from runtime.config import ToolsConfig
 from runtime.engine.fake import FakeEngine
 from runtime.events import Event, TextDelta, ToolCallDelta, ToolCallEnd, ToolCallStart
 from runtime.hookspecs import hookimpl
-from runtime.ir import ToolCallPart, ToolResultPart
+from runtime.ir import TextPart, ToolCallPart, ToolResultPart
 from runtime.plugins import load_plugins
 from runtime.tools import ToolContext, ToolOutput
 from tests.conftest import FakeServer, serve_fake
@@ -291,6 +291,21 @@ def test_anthropic_mixed_server_and_client_tools(agent: FakeServer) -> None:
     assert message.stop_reason == "tool_use"
     assert [b.name for b in message.content if b.type == "tool_use"] == ["get_weather"]
     assert message.model_extra["tool_results"][0]["output"] == "5"
+
+
+def test_a_prefill_is_continued_once_then_kept_in_the_transcript(agent: FakeServer) -> None:
+    agent.engine.enqueue([TextDelta(" add them."), *call("add", '{"a": 1, "b": 2}')], "It is 3.")
+    agent.anthropic().messages.create(
+        model="m",
+        max_tokens=50,
+        messages=[*HI, {"role": "assistant", "content": "Let me"}],
+        extra_body=server_tools("add"),
+    )
+    first, second = agent.engine.requests[-2:]
+    assert first.prefill == "Let me"
+    assert second.prefill == ""  # the next round starts a fresh reply after the tool result
+    replied = second.messages[-2]
+    assert replied.role == "assistant" and replied.parts[0] == TextPart("Let me add them.")
 
 
 def test_tool_choice_may_force_a_server_tool(agent: FakeServer) -> None:

@@ -209,6 +209,25 @@ def test_consecutive_turns_merge_and_system_turns_are_kept(fake_server: FakeServ
     ]
 
 
+def test_a_final_assistant_turn_is_a_prefill(fake_server: FakeServer) -> None:
+    fake_server.engine.enqueue(" Paris.")
+    message = fake_server.anthropic().messages.create(
+        model="m",
+        max_tokens=5,
+        messages=[
+            {"role": "user", "content": "The capital of France?"},
+            {
+                "role": "assistant",
+                "content": [{"type": "text", "text": "The capital"}, {"type": "text", "text": " is"}],
+            },
+        ],
+    )
+    request = fake_server.engine.requests[-1]
+    assert request.prefill == "The capital is"
+    assert [m.role for m in request.messages] == ["user"]  # not rendered as a finished turn
+    assert message.content[0].text == " Paris."  # type: ignore[union-attr]  # the continuation only, as Anthropic
+
+
 def test_count_tokens_takes_the_same_inputs_without_max_tokens(fake_server: FakeServer) -> None:
     response = httpx.post(
         f"{fake_server.base_url}/v1/messages/count_tokens",
@@ -279,7 +298,8 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     ("tool_result for another id", body(messages=[*CALLED, *user({"type": "tool_result", "tool_use_id": "toolu_2"})]), "toolu_2"),
     ("tool_use input not an object", body(messages=[*HI, {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": "x"}]}, *HI]), "input"),
     ("first message from assistant", body(messages=[{"role": "assistant", "content": "hi"}, *HI]), "first message"),
-    ("final assistant prefill", body(messages=[*HI, {"role": "assistant", "content": "The answer is"}]), "prefill"),
+    ("prefill with a tool_use block", body(messages=[*HI, {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]}]), "prefill"),
+    ("prefill ending in whitespace", body(messages=[*HI, {"role": "assistant", "content": "The answer is "}]), "trailing whitespace"),
     ("empty user content", body(messages=[{"role": "user", "content": []}]), "non-empty"),
     ("empty user string", body(messages=[{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}, *HI]), "non-empty"),
     ("system with an image", body(system=[image({"type": "url", "url": "https://x/y.png"})]), "system"),
