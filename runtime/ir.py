@@ -123,6 +123,7 @@ class ChatRequest:
     parallel_tool_calls: bool = True
     output_format: OutputFormat = field(default_factory=OutputFormat)
     reasoning: bool | None = None
+    reasoning_budget: int | None = None  # most thinking tokens before the engine closes the block
     server_tools: ServerTools = field(default_factory=ServerTools)
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     # Text the assistant's reply already starts with (Anthropic's final assistant message):

@@ -197,5 +197,6 @@ def to_ir(wire: MessageInputs) -> ChatRequest:
         parallel_tool_calls=parallel,
         output_format=_output_format(wire),
         reasoning=_reasoning(wire.thinking, sampling.max_tokens),
+        reasoning_budget=wire.thinking.budget_tokens if wire.thinking and wire.thinking.type == "enabled" else None,
         server_tools=server,
     )

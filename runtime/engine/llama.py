@@ -274,12 +274,21 @@ class LlamaEngine:
         def events(text: str) -> list[Event]:
             return convert(splitter.feed(text) if splitter is not None else [(False, text)])
 
+        # A thinking budget (Anthropic's `budget_tokens`): once spent, the engine writes the
+        # closing tag itself and the model goes on to the answer. Tokens already in flight
+        # when the budget runs out may overshoot it by a few.
+        budget = request.reasoning_budget if splitter is not None else None
+        thinking = 0
         generated = 0
         try:
             while True:
                 item = await queue.get()
                 if isinstance(item, Token):
                     generated += 1
+                    if budget is not None and splitter is not None and splitter.inside:
+                        thinking += 1
+                        if thinking == budget and tags is not None:
+                            job.inject = self.model.tokenize(tags.close + "\n\n", add_special=False)
                     text, hit = stops.feed(decoder.decode(item.piece))
                     if text:
                         for event in events(text):

@@ -190,6 +190,16 @@ class SamplerChain:
             return llama_cpp.llama_vocab_eos(self.vocab)
         return self._accept(token)
 
+    def accept_forced(self, token: int) -> None:
+        """A token the engine put in the output itself: keep penalties, a lazy grammar's
+        trigger watch and an active grammar in step with the text."""
+        llama_cpp.llama_sampler_accept(self.chain, token)
+        if self.grammar is not None:
+            if self.grammar.allows(token):
+                self.grammar.accept(token)
+        elif self._triggers:
+            self._watch(token)
+
     def _accept(self, token: int) -> int:
         assert self.grammar is not None
         self.grammar.accept(token)

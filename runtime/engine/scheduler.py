@@ -60,6 +60,9 @@ class SequenceJob:
     max_tokens: int
     deliver: Callable[[Token | Done], None]
     media: tuple[MediaChunk, ...] = ()  # the images whose placeholders are in `prompt`
+    # Set by the requester: tokens to put in the output next, as if generated (e.g. closing
+    # a thinking block whose budget is spent). The worker takes them at its next step.
+    inject: list[int] | None = None
     cancelled: bool = False  # set by the requester; read by the worker every step
     submitted_at: float = field(default_factory=time.monotonic)
 
@@ -237,7 +240,9 @@ class Scheduler:
                 self._release(slot, "cancelled")
         # Generating sequences first: one token each, so streams never stall behind a prefill.
         for slot in self.slots:
-            if slot.job is not None and slot.next_token is not None:
+            if slot.job is not None and slot.next_token is not None and slot.job.inject:
+                self._inject(slot)  # decoded below, with the prompts
+            elif slot.job is not None and slot.next_token is not None:
                 self._add(n, slot.next_token, len(slot.tokens), slot.seq_id, True)
                 slot.tokens.append(slot.next_token)
                 slot.next_token = None
@@ -299,6 +304,21 @@ class Scheduler:
         slot.todo = slot.todo[media.n_pos :]
         log.debug("image of %d positions evaluated in %.1f ms", media.n_pos, (time.perf_counter() - started) * 1000)
         return media.n_pos
+
+    def _inject(self, slot: Slot) -> None:
+        """Output the job's injected tokens after the token just sampled; all of them are
+        then decoded like a prompt chunk, and sampling goes on after them."""
+        job = slot.job
+        assert job is not None and job.inject and slot.sampler is not None and slot.next_token is not None
+        forced, job.inject = job.inject, None
+        for token in forced:
+            slot.sampler.accept_forced(token)
+            slot.generated += 1
+            job.deliver(Token(token, self.model.piece(token)))
+        slot.todo = [slot.next_token, *forced]
+        slot.next_token = None
+        if slot.generated >= job.max_tokens or len(slot.tokens) + len(slot.todo) + 1 >= self.ctx_size:
+            self._release(slot, "length")
 
     def _sample(self, slot: Slot) -> None:
         job = slot.job

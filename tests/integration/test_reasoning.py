@@ -98,3 +98,31 @@ def test_per_request_controls_in_every_dialect(thinking_server: tuple[CliServer,
         extra_body={"temperature": 0},
     )  # fmt: skip
     assert message.content[0].type == "thinking" and message.content[0].thinking
+
+
+def test_anthropic_thinking_budget_closes_the_block(thinking_server: tuple[CliServer, str]) -> None:
+    server, key = thinking_server
+    claude = anthropic.Anthropic(base_url=server.base_url, api_key=key, max_retries=0)
+
+    story = [{"role": "user", "content": "Write a long story about a dragon."}]  # long thinking
+
+    def ask(budget: int) -> anthropic.types.Message:
+        return claude.messages.create(
+            model="m", max_tokens=60, messages=story, thinking={"type": "enabled", "budget_tokens": budget},
+            extra_body={"temperature": 0},
+        )  # fmt: skip
+
+    # SmolLM2 never closes a thinking block by itself: with room to spare it thinks to the end.
+    assert [b.type for b in ask(59).content] == ["thinking"]
+
+    budgeted = ask(12)
+    assert [b.type for b in budgeted.content] == ["thinking", "text"]
+    thinking, answer = budgeted.content
+    assert answer.text.strip()  # type: ignore[union-attr]
+    # The engine closed the block at the budget (a token or two in flight may overshoot it).
+    base = claude.messages.count_tokens(model="m", messages=[{"role": "user", "content": "x"}]).input_tokens
+    spent = claude.messages.count_tokens(
+        model="m",
+        messages=[{"role": "user", "content": "x" + thinking.thinking}],  # type: ignore[union-attr]
+    ).input_tokens
+    assert 12 - 2 <= spent - base <= 12 + 4
