@@ -15,7 +15,7 @@ import uvicorn
 
 from runtime.config import EngineConfig, SamplingDefaults, ServerConfig, ToolsConfig, default_data_dir
 from runtime.keys import KeyStore, KeyStoreError
-from runtime.model_source import ModelSourceError, check_gguf, model_id_for, resolve_model
+from runtime.model_source import ModelSourceError, check_gguf, model_id_for, resolve_model, resolve_projector
 from runtime.observability import configure_logging
 from runtime.plugins import PluginError
 
@@ -48,7 +48,13 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--reasoning", choices=["on", "off", "auto"], default="auto", help="thinking default (auto: the template's)"
     )
     run.add_argument("--chat-template-file", type=Path, help="a Jinja chat template to use instead of the GGUF's")
-    run.add_argument("--mmproj", type=Path, help="a multimodal projector GGUF matching the model (image input)")
+    run.add_argument(
+        "--mmproj",
+        type=Path,
+        help="a multimodal projector GGUF matching the model (image input); "
+        "for owner/repo models, the repository's own mmproj file is used unless --no-mmproj",
+    )
+    run.add_argument("--no-mmproj", action="store_true", help="do not load a projector found next to a Hub model")
     run.add_argument(
         "--allow-private-image-urls",
         action="store_true",
@@ -158,10 +164,15 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
     check_gguf(model_path)
     if args.chat_template_file and not args.chat_template_file.is_file():
         return fail(f"chat template file not found: {args.chat_template_file}")
-    if args.mmproj:
-        if not args.mmproj.is_file():
-            return fail(f"mmproj file not found: {args.mmproj}")
-        check_gguf(args.mmproj)
+    mmproj = args.mmproj
+    if mmproj is None and not args.no_mmproj:
+        mmproj = resolve_projector(args.model)
+        if mmproj is not None:
+            log.info("using the projector %s published with %s (--no-mmproj to skip it)", mmproj.name, args.model)
+    if mmproj is not None:
+        if not mmproj.is_file():
+            return fail(f"mmproj file not found: {mmproj}")
+        check_gguf(mmproj)
     engine = EngineConfig(
         model_path=model_path,
         ctx_size=args.ctx_size,
@@ -171,7 +182,7 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         prefill_chunk=args.prefill_chunk,
         reasoning=args.reasoning,
         chat_template_file=args.chat_template_file,
-        mmproj_path=args.mmproj,
+        mmproj_path=mmproj,
     )
     config = ServerConfig(
         engine=engine,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 
@@ -47,6 +48,20 @@ def resolve_model(spec: str | None) -> Path:
     return _download(match["repo"], match["quant"])
 
 
+def resolve_projector(spec: str | None) -> Path | None:
+    """The multimodal projector published next to a Hub model, if there is one (llama-server's
+    `-hf` finds it the same way). Local paths and the embedded model have none."""
+    if spec is None or Path(spec).expanduser().exists() or spec.endswith(".gguf"):
+        return None
+    match = _REPO.match(spec)
+    if not match:
+        return None
+    try:
+        return _download(match["repo"], None, pick=_pick_projector)
+    except ModelSourceError:
+        return None
+
+
 def check_gguf(path: Path) -> None:
     """Fail early, with one line, on a file llama.cpp would reject after a long wait."""
     try:
@@ -70,26 +85,38 @@ def _pick_file(names: list[str], quant: str | None) -> str:
     return (firsts or ggufs)[0]
 
 
-def _download(repo: str, quant: str | None) -> Path:
+def _pick_projector(names: list[str], _quant: str | None) -> str:
+    projectors = sorted(n for n in names if n.endswith(".gguf") and "mmproj" in n.lower())
+    if not projectors:
+        raise ModelSourceError("no mmproj .gguf file in that repository")
+    # Full precision first: projectors are small, and quantizing them costs more accuracy.
+    for precision in ("f16", "bf16", "f32"):
+        for name in projectors:
+            if precision in name.lower():
+                return name
+    return projectors[0]
+
+
+def _download(repo: str, quant: str | None, *, pick: Callable[[list[str], str | None], str] = _pick_file) -> Path:
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     hint = "pass a local .gguf path with --model, or omit --model to use the embedded SmolLM2"
     try:
         names = HfApi().list_repo_files(repo)
-        filename = _pick_file(names, quant)
+        filename = pick(names, quant)
         log.info("downloading %s/%s (cached after the first time)", repo, filename)
         return Path(hf_hub_download(repo, filename))  # shows a tqdm progress bar
     except ModelSourceError as exc:
         raise ModelSourceError(f"{repo}: {exc}") from exc
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
-        cached = _cached_file(repo, quant)
+        cached = _cached_file(repo, quant, pick)
         if cached is not None:
             return cached
         raise ModelSourceError(f"cannot download {repo} ({type(exc).__name__}); {hint}") from exc
 
 
-def _cached_file(repo: str, quant: str | None) -> Path | None:
+def _cached_file(repo: str, quant: str | None, pick: Callable[[list[str], str | None], str]) -> Path | None:
     try:
         from huggingface_hub import scan_cache_dir
 
@@ -99,7 +126,7 @@ def _cached_file(repo: str, quant: str | None) -> Path | None:
             for revision in cached_repo.revisions:
                 names = [f.file_name for f in revision.files]
                 try:
-                    chosen = _pick_file(names, quant)
+                    chosen = pick(names, quant)
                 except ModelSourceError:
                     continue
                 return next(f.file_path for f in revision.files if f.file_name == chosen)

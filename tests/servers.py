@@ -52,6 +52,7 @@ class CliServer:
 
     data_dir: Path
     args: tuple[str, ...] = ()
+    env: dict[str, str] | None = None  # on top of the test process's environment
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
 
@@ -61,7 +62,7 @@ class CliServer:
 
     def start(self) -> CliServer:
         self.port = free_port()
-        env = {**os.environ, "TOOLSTUDIO_HOME": str(self.data_dir)}
+        env = {**os.environ, "TOOLSTUDIO_HOME": str(self.data_dir), **(self.env or {})}
         log = (self.data_dir / "server.log").open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "runtime.cli", "run", "-p", str(self.port), *self.args],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import openai
 import pytest
 from PIL import Image
 
+from runtime.model_source import embedded_model
 from tests.servers import CliServer, cli, free_port, one_line_error, toolstudio
 from tests.tiny_mmproj import N_IMAGE_TOKENS, write_tiny_mmproj
 from tests.unit.test_images import ImageHost
@@ -225,3 +227,37 @@ def test_projector_for_another_model_is_one_line(tmp_path: Path) -> None:
     done = cli("run", "--mmproj", str(mmproj), "-p", str(free_port()), home=tmp_path, timeout=120)
     line = one_line_error(done, logs=True)
     assert "could not load the projector" in line and str(mmproj) in line
+
+
+# -- a Hub model whose repository publishes a projector ------------------------------------------
+
+
+def fake_hub_cache(root: Path) -> dict[str, str]:
+    """A Hugging Face cache holding `someone/tiny-vlm-GGUF` (the packaged model plus a tiny
+    projector), laid out as huggingface_hub writes it; the environment that uses it offline."""
+    repo = root / "hub" / "models--someone--tiny-vlm-GGUF"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "blobs").mkdir()
+    os.symlink(embedded_model(), repo / "blobs" / "model")
+    write_tiny_mmproj(repo / "blobs" / "projector")
+    os.symlink("../../blobs/model", snapshot / "tiny-vlm-Q4_1.gguf")
+    os.symlink("../../blobs/projector", snapshot / "mmproj-tiny-vlm-F16.gguf")
+    return {"HF_HOME": str(root), "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.parametrize("flags", [(), ("--no-mmproj",)], ids=["auto", "no-mmproj"])
+def test_a_hub_models_own_projector_is_found(tmp_path: Path, flags: tuple[str, ...]) -> None:
+    env = fake_hub_cache(tmp_path / "hf")
+    args = ("--threads", "2", "--parallel", "1", "--model", "someone/tiny-vlm-GGUF", *flags)
+    server = CliServer(tmp_path, args=args, env=env).start()
+    try:
+        key = toolstudio("keys", "create", data_dir=tmp_path).strip()
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0, timeout=120)
+        headers = chat(client, data_uri(png("red")))[2]
+    finally:
+        server.stop()
+    assert ("x-toolstudio-warning" in headers) == bool(flags)
+    assert ("mmproj-tiny-vlm-F16.gguf" in server.log()) != bool(flags)
