@@ -52,7 +52,10 @@ async def run_session_tool(
     if tool is None:
         raise NotFound(f"no tool {name!r}; available: {', '.join(runtime.tools.names())}")
     body = await request.body()
-    arguments = body.decode("utf-8", "replace").strip() or "{}"
+    try:
+        arguments = body.decode("utf-8").strip() or "{}"
+    except UnicodeDecodeError as exc:  # as `decode_body` words it for every other endpoint
+        raise InvalidRequest(f"the request body is not valid UTF-8 (byte {exc.start})") from exc
     try:
         json.loads(arguments)
     except (ValueError, RecursionError) as exc:
