@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import re
 import threading
@@ -183,14 +184,24 @@ def wait_for(condition: object, timeout: float = 60.0) -> None:
         time.sleep(0.005)
 
 
-def test_a_long_prompt_stalls_a_running_stream_for_one_chunk_at_a_time(model: LlamaModel) -> None:
-    config = EngineConfig(model_path=model.path, ctx_size=1024, threads=2, parallel=2, prefill_chunk=64)
+@contextlib.contextmanager
+def running_stream(model: LlamaModel, parallel: int) -> Iterator[tuple[Scheduler, StepLog]]:
+    """A scheduler (prefill chunk 64) with one long greedy stream, "runner", already decoding."""
+    config = EngineConfig(model_path=model.path, ctx_size=1024, threads=2, parallel=parallel, prefill_chunk=64)
     sched = Scheduler(model, config)
     log = StepLog()
+    runner = SequenceJob(prompt(model, "Write a very long essay."), GREEDY, 1000, log.collector("runner").deliver)
     try:
-        runner = SequenceJob(prompt(model, "Write a very long essay."), GREEDY, 1000, log.collector("runner").deliver)
         sched.submit(runner)
         wait_for(lambda: log.events)
+        yield sched, log
+    finally:
+        runner.cancelled = True
+        sched.close()
+
+
+def test_a_long_prompt_stalls_a_running_stream_for_one_chunk_at_a_time(model: LlamaModel) -> None:
+    with running_stream(model, parallel=2) as (sched, log):
         long_prompt = prompt(model, "Summarise this: " + "the quick brown fox jumps over the lazy dog " * 40)
         assert len(long_prompt) > 5 * 64
         submitted = len(log.events)
@@ -198,19 +209,10 @@ def test_a_long_prompt_stalls_a_running_stream_for_one_chunk_at_a_time(model: Ll
         wait_for(lambda: any(n == "long" for n, _ in log.events))
         # One chunk of the long prompt per step, and the runner decodes a token in each of them.
         assert log.tokens_between("runner", submitted, log.first_token("long")) >= len(long_prompt) // 64 - 1
-    finally:
-        runner.cancelled = True
-        sched.close()
 
 
 def test_queued_prompts_get_their_first_tokens_in_turn(model: LlamaModel) -> None:
-    config = EngineConfig(model_path=model.path, ctx_size=1024, threads=2, parallel=4, prefill_chunk=64)
-    sched = Scheduler(model, config)
-    log = StepLog()
-    try:
-        runner = SequenceJob(prompt(model, "Write a very long essay."), GREEDY, 1000, log.collector("runner").deliver)
-        sched.submit(runner)
-        wait_for(lambda: log.events)
+    with running_stream(model, parallel=4) as (sched, log):
         # Each prompt is over half a chunk: two never fit in one step.
         texts = {
             name: f"Tell me, in great detail and step by step, everything you know about the letter {name}, its history, its sound and its shape in every alphabet."
@@ -227,6 +229,3 @@ def test_queued_prompts_get_their_first_tokens_in_turn(model: LlamaModel) -> Non
         assert a < b < c
         # The runner kept decoding between them: each prompt had a step of its own.
         assert log.tokens_between("runner", a, b) >= 1 and log.tokens_between("runner", b, c) >= 1
-    finally:
-        runner.cancelled = True
-        sched.close()

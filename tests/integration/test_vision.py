@@ -71,6 +71,12 @@ def claude(vision: tuple[CliServer, str]) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=server.base_url, api_key=key, max_retries=0, timeout=120)
 
 
+def anthropic_question(image: bytes) -> list[Any]:
+    """QUESTION about `image` as Anthropic messages (a base64 source)."""
+    source = {"type": "base64", "media_type": "image/png", "data": base64.b64encode(image).decode()}
+    return [{"role": "user", "content": [{"type": "text", "text": QUESTION}, {"type": "image", "source": source}]}]
+
+
 def chat(oai: openai.OpenAI, *images: str, stream: bool = False) -> tuple[str, Any, dict[str, str]]:
     """(answer, usage, response headers) for the question about `images` (URLs or data URIs)."""
     content: list[dict[str, Any]] = [{"type": "text", "text": QUESTION}]
@@ -130,22 +136,7 @@ def test_every_dialect_and_a_url_show_the_model_the_same_image(oai: openai.OpenA
     message = claude.messages.create(
         model="default",
         max_tokens=MAX_TOKENS,
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": QUESTION},
-                    {
-                        "type": "image",
-                        "source": {
-                            "type": "base64",
-                            "media_type": "image/png",
-                            "data": base64.b64encode(image).decode(),
-                        },
-                    },
-                ],
-            }
-        ],
+        messages=anthropic_question(image),
     )
     assert "".join(b.text for b in message.content if b.type == "text") == expected
 
@@ -177,22 +168,7 @@ def test_count_tokens_includes_the_image(claude: anthropic.Anthropic, oai: opena
     usage = chat(oai, data_uri(image))[1]
     counted = claude.messages.count_tokens(
         model="default",
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": QUESTION},
-                    {
-                        "type": "image",
-                        "source": {
-                            "type": "base64",
-                            "media_type": "image/png",
-                            "data": base64.b64encode(image).decode(),
-                        },
-                    },
-                ],
-            }
-        ],
+        messages=anthropic_question(image),
     )
     assert counted.input_tokens == usage.prompt_tokens
 
