@@ -29,6 +29,7 @@ import llama_cpp
 from runtime.config import EngineConfig
 from runtime.engine.model import LlamaModel
 from runtime.engine.sampler import SamplerChain, SamplerParams
+from runtime.engine.threads import ThreadGovernor
 from runtime.engine.vision import MediaChunk, Projector, is_placeholder
 from runtime.errors import EngineFailure, ModelNotReady, Overloaded, ToolstudioError
 
@@ -98,6 +99,9 @@ class Scheduler:
         self.prefill_chunk = config.prefill_chunk
         self.max_queue = config.max_queue
         threads = config.threads or os.cpu_count() or 1
+        # Only the default adapts: an explicit --threads is the operator's decision.
+        governor = ThreadGovernor(threads) if config.threads is None else None
+        self.governor = governor if governor is not None and governor.available else None
 
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = config.ctx_size * config.parallel
@@ -233,6 +237,8 @@ class Scheduler:
         batch.logits[n] = logits
 
     def _step(self) -> None:
+        if self.governor is not None and (threads := self.governor.poll()) is not None:
+            llama_cpp.llama_set_n_threads(self.ctx, threads, threads)
         n = 0
         for slot in self.slots:
             slot.batch_index = -1
