@@ -45,6 +45,13 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--prefill-chunk", type=positive, default=64, help="prompt tokens per step while other requests run"
     )
     run.add_argument(
+        "--cache-ram",
+        type=int,
+        default=2048,
+        metavar="MIB",
+        help="host RAM for the KV cache of conversations evicted from slots (0: off)",
+    )
+    run.add_argument(
         "--reasoning", choices=["on", "off", "auto"], default="auto", help="thinking default (auto: the template's)"
     )
     run.add_argument("--chat-template-file", type=Path, help="a Jinja chat template to use instead of the GGUF's")
@@ -180,6 +187,7 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         parallel=args.parallel,
         max_queue=args.max_queue,
         prefill_chunk=args.prefill_chunk,
+        cache_ram_mib=max(0, args.cache_ram),
         reasoning=args.reasoning,
         chat_template_file=args.chat_template_file,
         mmproj_path=mmproj,

@@ -36,6 +36,7 @@ class EngineConfig:
     parallel: int = 4  # sequences decoded together
     batch_size: int = 512
     prefill_chunk: int = 64  # prompt tokens per step while other requests decode or wait
+    cache_ram_mib: int = 2048  # host RAM for KV of conversations evicted from slots (0: off)
     max_queue: int = 64  # waiting requests beyond the busy slots
     reasoning: ReasoningMode = "auto"  # thinking default for templates with a switch
     chat_template_file: Path | None = None  # overrides the template in the GGUF

@@ -27,6 +27,7 @@ from typing import Literal
 import llama_cpp
 
 from runtime.config import EngineConfig
+from runtime.engine.kvcache import HostCache, common_prefix
 from runtime.engine.model import LlamaModel
 from runtime.engine.sampler import SamplerChain, SamplerParams
 from runtime.engine.threads import ThreadGovernor
@@ -36,6 +37,7 @@ from runtime.errors import EngineFailure, ModelNotReady, Overloaded, ToolstudioE
 log = logging.getLogger(__name__)
 
 StopReason = Literal["eog", "length", "cancelled", "error"]
+MIN_SAVED_TOKENS = 32  # shorter sequences prefill faster than they are worth keeping
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +84,6 @@ class Slot:
     released_at: float = 0.0
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 class Scheduler:
     def __init__(self, model: LlamaModel, config: EngineConfig, *, projector: Projector | None = None) -> None:
         self.model = model
@@ -118,6 +112,7 @@ class Scheduler:
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(config.batch_size, 0, 1)
 
+        self.host_cache = HostCache(config.cache_ram_mib << 20) if config.cache_ram_mib > 0 else None
         self.slots = [Slot(seq_id=i) for i in range(config.parallel)]
         self._waiting: deque[SequenceJob] = deque()
         self._cond = threading.Condition()
@@ -205,15 +200,35 @@ class Scheduler:
             except ToolstudioError as exc:
                 job.deliver(Done("error", error=exc))
                 continue
+            restored = self._swap_in(slot, job.prompt)
             keep = min(common_prefix(slot.tokens, job.prompt), len(job.prompt) - 1)  # need >= 1 to decode
             while keep > 0 and is_placeholder(job.prompt[keep]) and job.prompt[keep - 1] == job.prompt[keep]:
                 keep -= 1  # an image's KV is written whole: never keep part of one
+            if self.host_cache is not None and not restored and len(slot.tokens) - keep >= MIN_SAVED_TOKENS:
+                self.host_cache.save(self.ctx, slot.seq_id, slot.tokens)  # about to be overwritten
             if keep < len(slot.tokens) and not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1):
                 self._forget(slot)  # partial removal unsupported for this cache type: start over
                 keep = 0
             slot.tokens = job.prompt[:keep]
             slot.todo = job.prompt[keep:]
             slot.job, slot.cached, slot.generated, slot.next_token = job, keep, 0, None
+
+    def _swap_in(self, slot: Slot, prompt: list[int]) -> bool:
+        """If the host cache holds a longer prefix of `prompt` than the slot does, put the
+        slot's own content in the cache and the cached sequence in the slot."""
+        if self.host_cache is None:
+            return False
+        entry, length = self.host_cache.best(prompt)
+        if entry is None or length < common_prefix(slot.tokens, prompt) + MIN_SAVED_TOKENS:
+            return False
+        if len(slot.tokens) >= MIN_SAVED_TOKENS:
+            self.host_cache.save(self.ctx, slot.seq_id, slot.tokens)
+        self._forget(slot)
+        if not self.host_cache.restore(self.ctx, entry, slot.seq_id):
+            self._forget(slot)  # a partial restore: start clean
+            return False
+        slot.tokens = list(entry.tokens)
+        return True
 
     def _forget(self, slot: Slot) -> None:
         llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import queue
 import re
 import threading
@@ -229,3 +230,30 @@ def test_queued_prompts_get_their_first_tokens_in_turn(model: LlamaModel) -> Non
         assert a < b < c
         # The runner kept decoding between them: each prompt had a step of its own.
         assert log.tokens_between("runner", a, b) >= 1 and log.tokens_between("runner", b, c) >= 1
+
+
+@pytest.mark.parametrize("cache_ram_mib", [64, 0], ids=["host-cache", "no-host-cache"])
+def test_an_evicted_conversation_comes_back_from_host_ram(model: LlamaModel, cache_ram_mib: int) -> None:
+    config = EngineConfig(model_path=model.path, ctx_size=1024, threads=2, parallel=1, cache_ram_mib=cache_ram_mib)
+    sched = Scheduler(model, config)
+    try:
+        first = prompt(model, "Here is a recipe for soup: " + "chop onions, add water, boil it well, " * 8)
+        other = prompt(model, "An entirely different question about the history of ships and sailing.")
+        run(sched, [(first, GREEDY)], max_tokens=4)
+        run(sched, [(other, GREEDY)], max_tokens=4)  # takes the only slot
+        follow_up = first + model.tokenize(" What do I need?", add_special=False)
+        collector = Collector()
+        sched.submit(SequenceJob(follow_up, GREEDY, 8, collector.deliver))
+        done = collector.wait()
+    finally:
+        sched.close()
+    if cache_ram_mib:
+        assert done.cached_tokens == len(first)  # restored, not prefilled again
+        # ...and the restored KV is the right one: the answer equals a cold run's.
+        cold = Scheduler(model, dataclasses.replace(config, cache_ram_mib=0))
+        try:
+            assert collector.tokens == run(cold, [(follow_up, GREEDY)], max_tokens=8)[0]
+        finally:
+            cold.close()
+    else:
+        assert done.cached_tokens < 10  # only the chat template's first tokens are shared
