@@ -50,7 +50,7 @@ def dialect_of(path: str) -> str:
 class Metrics:
     """One registry per app (no module-global state, so tests can run several apps)."""
 
-    def __init__(self, live: Callable[[], tuple[int, int, int]]) -> None:
+    def __init__(self, live: Callable[[], list[tuple[str, str, float]]]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "toolstudio_requests", "HTTP requests by dialect and status", ["dialect", "status"], registry=self.registry
@@ -95,18 +95,13 @@ class Metrics:
 
 
 class _LiveGauges(Collector):
-    """Read at scrape time: queue depth, active sequences, live sessions."""
+    """Read at scrape time: queue depth, active sequences, live sessions, engine state."""
 
-    def __init__(self, live: Callable[[], tuple[int, int, int]]) -> None:
+    def __init__(self, live: Callable[[], list[tuple[str, str, float]]]) -> None:
         self.live = live
 
     def collect(self) -> Any:
-        waiting, active, sessions = self.live()
-        for name, doc, value in (
-            ("toolstudio_queue_depth", "requests waiting for a decode slot", waiting),
-            ("toolstudio_active_sequences", "sequences decoding now", active),
-            ("toolstudio_live_sessions", "live tool sessions", sessions),
-        ):
+        for name, doc, value in self.live():
             yield GaugeMetricFamily(name, doc, value=value)
 
 

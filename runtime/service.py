@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from runtime.agent import AgentLimits, run_agent
 from runtime.config import ServerConfig
-from runtime.engine.base import Engine
+from runtime.engine.base import Engine, EngineStats
 from runtime.errors import ModelNotReady
 from runtime.events import Event
 from runtime.images import has_images, resolve_images
@@ -42,11 +42,17 @@ class Runtime:
     _loading: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.metrics = Metrics(self._live_counts)
+        self.metrics = Metrics(self._live_gauges)
 
-    def _live_counts(self) -> tuple[int, int, int]:
-        stats = self.engine.stats() if self.engine is not None else None
-        return (stats.waiting if stats else 0, stats.active if stats else 0, self.sessions.live_count)
+    def _live_gauges(self) -> list[tuple[str, str, float]]:
+        stats = self.engine.stats() if self.engine is not None else EngineStats(active=0, waiting=0, slots=0)
+        return [
+            ("toolstudio_queue_depth", "requests waiting for a decode slot", stats.waiting),
+            ("toolstudio_active_sequences", "sequences decoding now", stats.active),
+            ("toolstudio_live_sessions", "live tool sessions", self.sessions.live_count),
+            ("toolstudio_decode_threads", "threads decoding now (fewer while other processes are busy)", stats.threads),
+            ("toolstudio_kv_host_cache_bytes", "KV cache of evicted conversations kept in RAM", stats.host_cache_bytes),
+        ]
 
     # -- lifecycle ------------------------------------------------------------------------
 

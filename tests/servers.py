@@ -167,3 +167,11 @@ def one_line_error(done: subprocess.CompletedProcess[str], *, logs: bool = False
     assert lines and lines[-1].startswith("toolstudio: error: "), done.stderr
     assert logs or len(lines) == 1, done.stderr
     return lines[-1]
+
+
+def metric(text: str, name: str) -> float:
+    """One sample's value from a Prometheus text exposition."""
+    for line in text.splitlines():
+        if line.split(" ")[0] == name:
+            return float(line.rsplit(" ", 1)[1])
+    raise KeyError(name)

@@ -25,6 +25,8 @@ class EngineStats:
     active: int  # sequences decoding now
     waiting: int  # requests queued for a slot
     slots: int
+    threads: int = 0  # decode threads in use now
+    host_cache_bytes: int = 0  # KV of evicted conversations kept in RAM
 
 
 class Engine(Protocol):

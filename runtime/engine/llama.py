@@ -113,7 +113,15 @@ class LlamaEngine:
 
     def stats(self) -> EngineStats:
         active, waiting = self.scheduler.counts()
-        return EngineStats(active=active, waiting=waiting, slots=len(self.scheduler.slots))
+        scheduler = self.scheduler
+        cache = scheduler.host_cache
+        return EngineStats(
+            active=active,
+            waiting=waiting,
+            slots=len(scheduler.slots),
+            threads=scheduler.governor.current if scheduler.governor is not None else scheduler.threads,
+            host_cache_bytes=cache.used if cache is not None else 0,
+        )
 
     def drain(self) -> None:
         self.scheduler.drain()

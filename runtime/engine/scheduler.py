@@ -93,6 +93,7 @@ class Scheduler:
         self.prefill_chunk = config.prefill_chunk
         self.max_queue = config.max_queue
         threads = config.threads or os.cpu_count() or 1
+        self.threads = threads
         # Only the default adapts: an explicit --threads is the operator's decision.
         governor = ThreadGovernor(threads) if config.threads is None else None
         self.governor = governor if governor is not None and governor.available else None

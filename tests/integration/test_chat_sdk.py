@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.servers import CliServer, toolstudio
+from tests.servers import CliServer, metric, toolstudio
 
 pytestmark = pytest.mark.integration
 
@@ -226,3 +226,12 @@ def test_unknown_extra_fields_are_accepted(oai: openai.OpenAI) -> None:
         model="m", messages=PARIS, max_tokens=5, extra_body={"some_vendor_field": {"x": 1}, "top_k": 5, "min_p": 0.1}
     )
     assert response.choices[0].message.content is not None
+
+
+def test_metrics_show_decode_threads_and_the_host_kv_cache(real_server: CliServer, oai: openai.OpenAI) -> None:
+    for i in range(5):  # more distinct conversations than the 4 slots: slot contents go to RAM
+        content = f"Conversation {i}: " + f"tell me about topic number {i}. " * 12
+        oai.chat.completions.create(model="default", messages=[{"role": "user", "content": content}], max_tokens=2)
+    text = httpx.get(f"{real_server.base_url}/metrics").text
+    assert metric(text, "toolstudio_decode_threads") == 2  # --threads 2: fixed, not adaptive
+    assert metric(text, "toolstudio_kv_host_cache_bytes") > 0

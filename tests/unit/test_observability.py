@@ -7,13 +7,7 @@ import pytest
 
 from runtime.events import TextDelta, ToolResult
 from tests.conftest import FakeServer
-
-
-def metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.split(" ")[0] == name:
-            return float(line.rsplit(" ", 1)[1])
-    raise KeyError(name)
+from tests.servers import metric
 
 
 def test_metrics_count_requests_tokens_and_tool_runs(fake_server: FakeServer) -> None:
