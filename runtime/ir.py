@@ -129,3 +129,6 @@ class ChatRequest:
     # Text the assistant's reply already starts with (Anthropic's final assistant message):
     # generation continues it, and the reply does not repeat it.
     prefill: str = ""
+    # Cached prompt prefixes (slot KV, host cache) are shared only within one scope, the API
+    # key: otherwise time to first token would tell one key what another key's prompts start with.
+    cache_scope: str = ""

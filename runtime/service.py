@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -116,6 +117,7 @@ class Runtime:
         tools = None
         if enabled:
             tools = self.tools.resolve(wanted.names or [n for n in DEFAULT_SERVER_TOOLS if n in self.tools])
+        request = dataclasses.replace(request, cache_scope=f"key:{key.id}")
         return self.metrics.observe(self._generate(engine, request, tools, key))
 
     async def _generate(

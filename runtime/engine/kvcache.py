@@ -32,6 +32,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 @dataclass(eq=False, slots=True)
 class SavedSequence:
     tokens: list[int]  # what the saved KV holds, position by position
+    scope: str  # only prompts of the same scope may use it
     data: ctypes.Array[ctypes.c_uint8]
 
     @property
@@ -52,16 +53,16 @@ class HostCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def best(self, prompt: list[int]) -> tuple[SavedSequence | None, int]:
-        """The saved sequence sharing the longest prefix with `prompt`, and that length."""
+    def best(self, prompt: list[int], scope: str) -> tuple[SavedSequence | None, int]:
+        """The saved sequence of `scope` sharing the longest prefix with `prompt`, and that length."""
         best, length = None, 0
         for entry in self._entries.values():
-            n = common_prefix(entry.tokens, prompt)
+            n = common_prefix(entry.tokens, prompt) if entry.scope == scope else 0
             if n > length:
                 best, length = entry, n
         return best, length
 
-    def save(self, ctx: llama_cpp.llama_context_p, seq_id: int, tokens: list[int]) -> None:
+    def save(self, ctx: llama_cpp.llama_context_p, seq_id: int, tokens: list[int], scope: str) -> None:
         """Copy sequence `seq_id` (holding `tokens`) out of the context."""
         size = llama_cpp.llama_state_seq_get_size(ctx, seq_id)
         if size == 0 or size > self.capacity:
@@ -70,11 +71,14 @@ class HostCache:
         if llama_cpp.llama_state_seq_get_data(ctx, data, size, seq_id) != size:
             return
         # What this one extends is now redundant: the longer entry restores it too.
-        for key in [k for k, e in self._entries.items() if common_prefix(e.tokens, tokens) == len(e.tokens)]:
+        redundant = [
+            k for k, e in self._entries.items() if e.scope == scope and common_prefix(e.tokens, tokens) == len(e.tokens)
+        ]
+        for key in redundant:
             self._drop(key)
         while self._entries and self.used + size > self.capacity:
             self._drop(next(iter(self._entries)))
-        self._entries[next(self._ids)] = SavedSequence(list(tokens), data)
+        self._entries[next(self._ids)] = SavedSequence(list(tokens), scope, data)
         self.used += size
         log.debug("saved %d tokens (%d KiB); host cache %d MiB", len(tokens), size >> 10, self.used >> 20)
 

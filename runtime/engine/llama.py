@@ -262,6 +262,7 @@ class LlamaEngine:
             params=prepared.params,
             max_tokens=prepared.max_tokens,
             media=prepared.media,
+            scope=request.cache_scope,
             deliver=functools.partial(self._mailbox(loop).post, queue),
         )
         self.scheduler.submit(job)

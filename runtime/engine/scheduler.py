@@ -63,6 +63,7 @@ class SequenceJob:
     max_tokens: int
     deliver: Callable[[Token | Done], None]
     media: tuple[MediaChunk, ...] = ()  # the images whose placeholders are in `prompt`
+    scope: str = ""  # prompt prefixes are reused only from slots and saved KV of the same scope
     # Set by the requester: tokens to put in the output next, as if generated (e.g. closing
     # a thinking block whose budget is spent). The worker takes them at its next step.
     inject: list[int] | None = None
@@ -74,6 +75,7 @@ class SequenceJob:
 class Slot:
     seq_id: int
     tokens: list[int] = field(default_factory=list)  # exactly what the KV cache holds
+    scope: str = ""  # whose prompt `tokens` are
     job: SequenceJob | None = None
     sampler: SamplerChain | None = None
     todo: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
@@ -195,40 +197,46 @@ class Scheduler:
                 job.deliver(Done("cancelled"))
                 continue
             # The free slot sharing the longest prefix wins; among equals, the one idle longest.
-            slot = max(free, key=lambda s: (common_prefix(s.tokens, job.prompt), -s.released_at))
+            slot = max(free, key=lambda s: (self._shared(s, job), -s.released_at))
             try:
                 slot.sampler = SamplerChain(self.model.vocab, self.model.n_vocab, job.params)
             except ToolstudioError as exc:
                 job.deliver(Done("error", error=exc))
                 continue
-            restored = self._swap_in(slot, job.prompt)
-            keep = min(common_prefix(slot.tokens, job.prompt), len(job.prompt) - 1)  # need >= 1 to decode
+            restored = self._swap_in(slot, job)
+            keep = min(self._shared(slot, job), len(job.prompt) - 1)  # need >= 1 to decode
             while keep > 0 and is_placeholder(job.prompt[keep]) and job.prompt[keep - 1] == job.prompt[keep]:
                 keep -= 1  # an image's KV is written whole: never keep part of one
             if self.host_cache is not None and not restored and len(slot.tokens) - keep >= MIN_SAVED_TOKENS:
-                self.host_cache.save(self.ctx, slot.seq_id, slot.tokens)  # about to be overwritten
+                self.host_cache.save(self.ctx, slot.seq_id, slot.tokens, slot.scope)  # about to be overwritten
             if keep < len(slot.tokens) and not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1):
                 self._forget(slot)  # partial removal unsupported for this cache type: start over
                 keep = 0
             slot.tokens = job.prompt[:keep]
             slot.todo = job.prompt[keep:]
             slot.job, slot.cached, slot.generated, slot.next_token = job, keep, 0, None
+            slot.scope = job.scope
 
-    def _swap_in(self, slot: Slot, prompt: list[int]) -> bool:
-        """If the host cache holds a longer prefix of `prompt` than the slot does, put the
-        slot's own content in the cache and the cached sequence in the slot."""
+    @staticmethod
+    def _shared(slot: Slot, job: SequenceJob) -> int:
+        """Prompt tokens the slot's KV can serve to `job`: none across scopes."""
+        return common_prefix(slot.tokens, job.prompt) if slot.scope == job.scope else 0
+
+    def _swap_in(self, slot: Slot, job: SequenceJob) -> bool:
+        """If the host cache holds a longer prefix of the job's prompt than the slot does,
+        put the slot's own content in the cache and the cached sequence in the slot."""
         if self.host_cache is None:
             return False
-        entry, length = self.host_cache.best(prompt)
-        if entry is None or length < common_prefix(slot.tokens, prompt) + MIN_SAVED_TOKENS:
+        entry, length = self.host_cache.best(job.prompt, job.scope)
+        if entry is None or length < self._shared(slot, job) + MIN_SAVED_TOKENS:
             return False
         if len(slot.tokens) >= MIN_SAVED_TOKENS:
-            self.host_cache.save(self.ctx, slot.seq_id, slot.tokens)
+            self.host_cache.save(self.ctx, slot.seq_id, slot.tokens, slot.scope)
         self._forget(slot)
         if not self.host_cache.restore(self.ctx, entry, slot.seq_id):
             self._forget(slot)  # a partial restore: start clean
             return False
-        slot.tokens = list(entry.tokens)
+        slot.tokens, slot.scope = list(entry.tokens), entry.scope
         return True
 
     def _forget(self, slot: Slot) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+from typing import Any
 
 import httpx
 import openai
@@ -235,3 +236,20 @@ def test_metrics_show_decode_threads_and_the_host_kv_cache(real_server: CliServe
     text = httpx.get(f"{real_server.base_url}/metrics").text
     assert metric(text, "toolstudio_decode_threads") == 2  # --threads 2: fixed, not adaptive
     assert metric(text, "toolstudio_kv_host_cache_bytes") > 0
+
+
+def test_cached_prompts_are_not_shared_between_keys(real_server: CliServer, oai: openai.OpenAI) -> None:
+    """Time to first token would otherwise tell one key what another key's prompts start with."""
+    other_key = toolstudio("keys", "create", "--name", "other", data_dir=real_server.data_dir).strip()
+    other = openai.OpenAI(base_url=f"{real_server.base_url}/v1", api_key=other_key, max_retries=0, timeout=120)
+    messages: list[Any] = [
+        {"role": "system", "content": "A secret preamble: " + "the launch code is in the blue folder. " * 8},
+        {"role": "user", "content": "Say hi."},
+    ]
+    oai.chat.completions.create(model="default", messages=messages, max_tokens=2)
+    again = oai.chat.completions.create(model="default", messages=messages, max_tokens=2).usage
+    assert again is not None and again.prompt_tokens_details is not None
+    assert again.prompt_tokens_details.cached_tokens == again.prompt_tokens - 1  # same key: reused
+    theirs = other.chat.completions.create(model="default", messages=messages, max_tokens=2).usage
+    assert theirs is not None
+    assert not (theirs.prompt_tokens_details and theirs.prompt_tokens_details.cached_tokens)  # other key: none
