@@ -31,6 +31,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 @dataclass(eq=False, slots=True)
 class SavedSequence:
+    key: int
     tokens: list[int]  # what the saved KV holds, position by position
     scope: str  # only prompts of the same scope may use it
     data: ctypes.Array[ctypes.c_uint8]
@@ -78,17 +79,16 @@ class HostCache:
             self._drop(key)
         while self._entries and self.used + size > self.capacity:
             self._drop(next(iter(self._entries)))
-        self._entries[next(self._ids)] = SavedSequence(list(tokens), scope, data)
+        key = next(self._ids)
+        self._entries[key] = SavedSequence(key, list(tokens), scope, data)
         self.used += size
         log.debug("saved %d tokens (%d KiB); host cache %d MiB", len(tokens), size >> 10, self.used >> 20)
 
     def restore(self, ctx: llama_cpp.llama_context_p, entry: SavedSequence, seq_id: int) -> bool:
         """Copy `entry` into the (empty) sequence `seq_id`."""
         read = llama_cpp.llama_state_seq_set_data(ctx, entry.data, entry.size, seq_id)
-        for key, value in self._entries.items():
-            if value is entry:
-                self._entries.move_to_end(key)
-                break
+        if entry.key in self._entries:  # (a save just before may have evicted it)
+            self._entries.move_to_end(entry.key)
         return read > 0
 
     def _drop(self, key: int) -> None:

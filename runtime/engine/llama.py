@@ -85,6 +85,9 @@ class LlamaEngine:
         self.template = ChatTemplate(source, bos_token=self.model.bos_token, eos_token=self.model.eos_token)
         self.tool_format = detect_format(self.template.source)
         self.thinking_tags = tags_for_template(self.template.source)
+        # Written by the engine itself when a thinking budget is spent.
+        tags = self.thinking_tags
+        self._close_thinking = self.model.tokenize(tags.close + "\n\n", add_special=False) if tags else []
         self.projector = (
             Projector(config.mmproj_path, self.model, threads=config.threads or os.cpu_count() or 1)
             if config.mmproj_path
@@ -170,11 +173,10 @@ class LlamaEngine:
                 kwargs["enable_thinking"] = enabled
         return kwargs
 
-    def tokenize_prompt(self, prompt: str, request: ChatRequest | None = None) -> tuple[list[int], list[MediaChunk]]:
+    def tokenize_prompt(self, prompt: str, request: ChatRequest) -> tuple[list[int], list[MediaChunk]]:
         """The prompt's tokens; with a projector, the request's images become placeholder runs."""
         add_bos = self.model.add_bos and not (self.template.bos_token and prompt.startswith(self.template.bos_token))
-        images = _image_bytes(request) if request is not None and self.projector is not None else []
-        if self.projector is not None and images:
+        if self.projector is not None and (images := _image_bytes(request)):
             return self.projector.tokenize(prompt, images, add_special=add_bos)
         return self.model.tokenize(prompt, add_special=add_bos), []
 
@@ -296,8 +298,8 @@ class LlamaEngine:
                     generated += 1
                     if budget is not None and splitter is not None and splitter.inside:
                         thinking += 1
-                        if thinking == budget and tags is not None:
-                            job.inject = self.model.tokenize(tags.close + "\n\n", add_special=False)
+                        if thinking == budget:
+                            job.inject = list(self._close_thinking)
                     text, hit = stops.feed(decoder.decode(item.piece))
                     if text:
                         for event in events(text):

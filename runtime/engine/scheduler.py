@@ -197,21 +197,14 @@ class Scheduler:
                 job.deliver(Done("cancelled"))
                 continue
             # The free slot sharing the longest prefix wins; among equals, the one idle longest.
-            slot = max(free, key=lambda s: (self._shared(s, job), -s.released_at))
+            shared = {id(s): self._shared(s, job) for s in free}
+            slot = max(free, key=lambda s: (shared[id(s)], -s.released_at))
             try:
                 slot.sampler = SamplerChain(self.model.vocab, self.model.n_vocab, job.params)
             except ToolstudioError as exc:
                 job.deliver(Done("error", error=exc))
                 continue
-            restored = self._swap_in(slot, job)
-            keep = min(self._shared(slot, job), len(job.prompt) - 1)  # need >= 1 to decode
-            while keep > 0 and is_placeholder(job.prompt[keep]) and job.prompt[keep - 1] == job.prompt[keep]:
-                keep -= 1  # an image's KV is written whole: never keep part of one
-            if self.host_cache is not None and not restored and len(slot.tokens) - keep >= MIN_SAVED_TOKENS:
-                self.host_cache.save(self.ctx, slot.seq_id, slot.tokens, slot.scope)  # about to be overwritten
-            if keep < len(slot.tokens) and not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1):
-                self._forget(slot)  # partial removal unsupported for this cache type: start over
-                keep = 0
+            keep = self._reuse(slot, job, shared[id(slot)])
             slot.tokens = job.prompt[:keep]
             slot.todo = job.prompt[keep:]
             slot.job, slot.cached, slot.generated, slot.next_token = job, keep, 0, None
@@ -222,22 +215,30 @@ class Scheduler:
         """Prompt tokens the slot's KV can serve to `job`: none across scopes."""
         return common_prefix(slot.tokens, job.prompt) if slot.scope == job.scope else 0
 
-    def _swap_in(self, slot: Slot, job: SequenceJob) -> bool:
-        """If the host cache holds a longer prefix of the job's prompt than the slot does,
-        put the slot's own content in the cache and the cached sequence in the slot."""
-        if self.host_cache is None:
-            return False
-        entry, length = self.host_cache.best(job.prompt, job.scope)
-        if entry is None or length < self._shared(slot, job) + MIN_SAVED_TOKENS:
-            return False
-        if len(slot.tokens) >= MIN_SAVED_TOKENS:
-            self.host_cache.save(self.ctx, slot.seq_id, slot.tokens, slot.scope)
-        self._forget(slot)
-        if not self.host_cache.restore(self.ctx, entry, slot.seq_id):
-            self._forget(slot)  # a partial restore: start clean
-            return False
-        slot.tokens, slot.scope = list(entry.tokens), entry.scope
-        return True
+    def _reuse(self, slot: Slot, job: SequenceJob, shared: int) -> int:
+        """Leave in the slot's KV the longest cached prefix of the job's prompt, from the slot
+        itself (`shared` tokens) or from the host cache; returns its length. What the slot
+        held beyond it goes to the host cache first, when it is worth keeping."""
+        cache = self.host_cache
+        entry, length = cache.best(job.prompt, job.scope) if cache is not None else (None, 0)
+        if length < shared + MIN_SAVED_TOKENS:
+            entry = None  # the slot serves (nearly) as much: no copy worth making
+        keep = min(length if entry is not None else shared, len(job.prompt) - 1)  # need >= 1 to decode
+        while keep > 0 and is_placeholder(job.prompt[keep]) and job.prompt[keep - 1] == job.prompt[keep]:
+            keep -= 1  # an image's KV is written whole: never keep part of one
+        lost = len(slot.tokens) if entry is not None else len(slot.tokens) - keep
+        if cache is not None and lost >= MIN_SAVED_TOKENS:
+            cache.save(self.ctx, slot.seq_id, slot.tokens, slot.scope)
+        if cache is not None and entry is not None:
+            self._forget(slot)
+            if not cache.restore(self.ctx, entry, slot.seq_id):
+                self._forget(slot)  # a partial restore: start clean
+                return 0
+            slot.tokens = list(entry.tokens)
+        if keep < len(slot.tokens) and not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1):
+            self._forget(slot)  # partial removal unsupported for this cache type: start over
+            return 0
+        return keep
 
     def _forget(self, slot: Slot) -> None:
         llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
