@@ -22,15 +22,23 @@ from runtime.plugins import PluginError
 log = logging.getLogger("toolstudio")
 
 
-def positive(text: str) -> int:
-    """argparse type: an integer of at least 1 (a 0 slot count or context would fail much later)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: a whole number of at least `minimum` (a 0 slot count or a negative
+    cache size would otherwise fail much later, or quietly mean something else)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+positive = at_least(1)
 
 
 def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,13 +48,13 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     run.add_argument("-c", "--ctx-size", type=positive, default=4096, help="context window per request (tokens)")
     run.add_argument("--threads", type=positive, default=None, help="CPU threads for decoding (default: all cores)")
     run.add_argument("--parallel", "-np", type=positive, default=4, help="requests decoded together (slots)")
-    run.add_argument("--max-queue", type=int, default=64, help="requests allowed to wait for a slot")
+    run.add_argument("--max-queue", type=at_least(0), default=64, help="requests allowed to wait for a slot")
     run.add_argument(
         "--prefill-chunk", type=positive, default=64, help="prompt tokens per step while other requests run"
     )
     run.add_argument(
         "--cache-ram",
-        type=int,
+        type=at_least(0),
         default=2048,
         metavar="MIB",
         help="host RAM for the KV cache of conversations evicted from slots (0: off)",
@@ -187,7 +195,7 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         parallel=args.parallel,
         max_queue=args.max_queue,
         prefill_chunk=args.prefill_chunk,
-        cache_ram_mib=max(0, args.cache_ram),
+        cache_ram_mib=args.cache_ram,
         reasoning=args.reasoning,
         chat_template_file=args.chat_template_file,
         mmproj_path=mmproj,
