@@ -10,6 +10,8 @@ import jsonschema
 import openai
 import pytest
 
+from tests.examples import COUNTRY_PICK
+
 pytestmark = pytest.mark.integration
 
 WEATHER_PARAMS = {
@@ -28,15 +30,6 @@ TOOLS: list[Any] = [
     }
 ]
 ASK = [{"role": "user", "content": "What's the weather in Perth right now?"}]
-COUNTRY_PICK = {
-    "type": "object",
-    "properties": {
-        "country": {"type": "string", "enum": ["Japan", "Egypt", "Peru"]},
-        "reason": {"type": "string"},
-    },
-    "required": ["country", "reason"],
-    "additionalProperties": False,
-}
 NAMED = {"type": "function", "function": {"name": "get_weather"}}
 
 

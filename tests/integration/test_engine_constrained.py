@@ -30,6 +30,7 @@ from runtime.ir import (
     ToolSpec,
 )
 from runtime.model_source import embedded_model
+from tests.examples import COUNTRY_PICK
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +45,6 @@ WEATHER_PARAMS = {
 }
 WEATHER = ToolSpec("get_weather", "Get the current weather for a city.", WEATHER_PARAMS)
 CLOCK = ToolSpec("get_time", "Get the current time in a time zone.", {"type": "object", "properties": {}})
-COUNTRY_PICK = {
-    "type": "object",
-    "properties": {
-        "country": {"type": "string", "enum": ["Japan", "Egypt", "Peru"]},
-        "reason": {"type": "string"},
-    },
-    "required": ["country", "reason"],
-    "additionalProperties": False,
-}
 ASK_WEATHER = [Message("user", [TextPart("What is the weather like in Paris right now?")])]
 
 HERMES_TEMPLATE = (

