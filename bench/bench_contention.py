@@ -24,6 +24,7 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.raw import RawSequence, new_context
 from runtime.model_source import embedded_model
 from tests.servers import CliServer, toolstudio
 
@@ -71,34 +72,15 @@ def server_run(args: tuple[str, ...], tokens: int) -> tuple[CliServer, Callable[
 
 
 def raw_run(threads: int, tokens: int) -> Callable[[], float]:
-    import llama_cpp
-
     from runtime.engine.model import LlamaModel
 
     model = LlamaModel(embedded_model())
-    params = llama_cpp.llama_context_default_params()
-    params.n_ctx, params.n_batch, params.no_perf = 1024, 512, True
-    params.n_threads = params.n_threads_batch = threads
-    ctx = llama_cpp.llama_init_from_model(model.model, params)
-    batch = llama_cpp.llama_batch_init(512, 0, 1)
+    sequence = RawSequence(new_context(model.model, threads, n_ctx=1024), model.vocab)
     prompt = model.tokenize(f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n", add_special=False)
 
-    def decode(tokens_: list[int], start: int) -> None:
-        for i, token in enumerate(tokens_):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, start + i, 1
-            batch.seq_id[i][0], batch.logits[i] = 0, i == len(tokens_) - 1
-        batch.n_tokens = len(tokens_)
-        llama_cpp.llama_decode(ctx, batch)
-
     def run() -> float:
-        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx), 0, -1, -1)
-        started = time.perf_counter()
-        decode(prompt, 0)
-        for i in range(tokens):
-            logits = llama_cpp.llama_get_logits_ith(ctx, -1)
-            token = max(range(model.n_vocab), key=lambda t: logits[t]) if i == 0 else 198 + (i % 50)
-            decode([token], len(prompt) + i)
-        return tokens / (time.perf_counter() - started)
+        done = sequence.generate(prompt, tokens)
+        return done.tokens / (done.ttft + done.decode_seconds)
 
     return run
 

@@ -12,7 +12,6 @@ Usage: python bench/bench_decode.py [--runs 5] [--tokens 128] [--threads 2]
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import statistics
 import sys
@@ -26,6 +25,7 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.raw import RawSequence
 from runtime.engine.template import ChatTemplate
 from runtime.ir import Message, TextPart
 from runtime.model_source import embedded_model
@@ -56,38 +56,13 @@ def prompt_text(i: int, model: llama_cpp.Llama) -> str:
 
 
 def raw_lowlevel(model: llama_cpp.Llama, prompt: str, n_tokens: int) -> Run:
-    ctx, vocab = model.ctx, llama_cpp.llama_model_get_vocab(model.model)
-    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
     tokens = model.tokenize(prompt.encode(), add_bos=False, special=True)
-    batch = llama_cpp.llama_batch_init(max(len(tokens), 1), 0, 1)
-    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-    buf = ctypes.create_string_buffer(64)
-
-    def decode(toks: list[int], start: int) -> None:
-        for i, t in enumerate(toks):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i] = t, start + i, 1
-            batch.seq_id[i][0], batch.logits[i] = 0, i == len(toks) - 1
-        batch.n_tokens = len(toks)
-        assert llama_cpp.llama_decode(ctx, batch) == 0
-
-    started = time.perf_counter()
-    decode(tokens, 0)
-    pos, produced, first = len(tokens), 0, 0.0
-    while produced < n_tokens:
-        token = llama_cpp.llama_sampler_sample(chain, ctx, -1)
-        if llama_cpp.llama_vocab_is_eog(vocab, token):
-            break
-        llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
-        produced += 1
-        if produced == 1:
-            first = time.perf_counter()
-        decode([token], pos)
-        pos += 1
-    ended = time.perf_counter()
-    llama_cpp.llama_sampler_free(chain)
-    llama_cpp.llama_batch_free(batch)
-    return Run(first - started, produced, ended - first)
+    sequence = RawSequence(model.ctx, llama_cpp.llama_model_get_vocab(model.model))
+    try:
+        done = sequence.generate(tokens, n_tokens)
+    finally:
+        sequence.close()
+    return Run(done.ttft, done.tokens, done.decode_seconds)
 
 
 def raw_highlevel(model: llama_cpp.Llama, prompt: str, n_tokens: int) -> Run:

@@ -11,6 +11,7 @@ Usage: python bench/bench_prompt_cache.py [--conversations 6] [--slots 2] [--tur
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -22,6 +23,7 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.raw import RawSequence, new_context
 from runtime.model_source import embedded_model
 from tests.servers import CliServer, toolstudio
 
@@ -73,27 +75,16 @@ def run_server(flags: tuple[str, ...], conversations: int, slots: int, turns: in
 
 
 def raw_prefill_seconds(n_tokens: int) -> float:
-    import llama_cpp
-
     from runtime.engine.model import LlamaModel
 
     model = LlamaModel(embedded_model())
-    params = llama_cpp.llama_context_default_params()
-    params.n_ctx, params.n_batch, params.n_ubatch, params.no_perf = 4096, 512, 512, True
-    ctx = llama_cpp.llama_init_from_model(model.model, params)
-    batch = llama_cpp.llama_batch_init(512, 0, 1)
+    sequence = RawSequence(new_context(model.model, os.cpu_count() or 1), model.vocab)
     tokens = model.tokenize(history(0)[0]["content"] * 4, add_special=False)[:n_tokens]
     runs = []
     for _ in range(3):
-        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx), 0, -1, -1)
+        sequence.reset()
         started = time.perf_counter()
-        for start in range(0, len(tokens), 512):
-            chunk = tokens[start : start + 512]
-            for i, token in enumerate(chunk):
-                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, start + i, 1
-                batch.seq_id[i][0], batch.logits[i] = 0, start + i == len(tokens) - 1
-            batch.n_tokens = len(chunk)
-            llama_cpp.llama_decode(ctx, batch)
+        sequence.decode(tokens, 0)
         runs.append(time.perf_counter() - started)
     return statistics.median(runs)
 
