@@ -42,6 +42,11 @@ class EngineConfig:
     chat_template_file: Path | None = None  # overrides the template in the GGUF
     mmproj_path: Path | None = None  # a multimodal projector: the model then sees images
 
+    @property
+    def thread_count(self) -> int:
+        """Decoding threads: `threads`, or all cores."""
+        return self.threads or os.cpu_count() or 1
+
 
 @dataclass(frozen=True, slots=True)
 class ToolsConfig:

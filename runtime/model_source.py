@@ -27,39 +27,41 @@ def embedded_model() -> Path:
 def model_id_for(spec: str | None, path: Path) -> str:
     if spec is None:
         return DEFAULT_MODEL_ID
-    match = _REPO.match(spec)
-    if match and not Path(spec).exists():
-        return spec
-    return path.stem
+    return spec if _hub_repo(spec) else path.stem
 
 
 def resolve_model(spec: str | None) -> Path:
     """A readable .gguf path for `--model`, downloading from the Hugging Face Hub if asked."""
     if spec is None:
         return embedded_model()
+    hub = _hub_repo(spec)
+    if hub:
+        return _download(hub["repo"], hub["quant"])
     path = Path(spec).expanduser()
     if path.exists() or spec.endswith(".gguf"):
         if not path.is_file():
             raise ModelSourceError(f"model file not found: {path}")
         return path
-    match = _REPO.match(spec)
-    if not match:
-        raise ModelSourceError(f"--model {spec!r} is neither a .gguf file nor owner/repo[:quant]")
-    return _download(match["repo"], match["quant"])
+    raise ModelSourceError(f"--model {spec!r} is neither a .gguf file nor owner/repo[:quant]")
 
 
 def resolve_projector(spec: str | None) -> Path | None:
     """The multimodal projector published next to a Hub model, if there is one (llama-server's
     `-hf` finds it the same way). Local paths and the embedded model have none."""
-    if spec is None or Path(spec).expanduser().exists() or spec.endswith(".gguf"):
-        return None
-    match = _REPO.match(spec)
-    if not match:
+    hub = _hub_repo(spec) if spec is not None else None
+    if hub is None:
         return None
     try:
-        return _download(match["repo"], None, pick=_pick_projector)
+        return _download(hub["repo"], None, pick=_pick_projector)
     except ModelSourceError:
         return None
+
+
+def _hub_repo(spec: str) -> re.Match[str] | None:
+    """`owner/repo[:quant]` when `spec` names a Hub repository rather than a local file."""
+    if Path(spec).expanduser().exists() or spec.endswith(".gguf"):
+        return None
+    return _REPO.match(spec)
 
 
 def check_gguf(path: Path) -> None:

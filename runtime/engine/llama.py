@@ -7,7 +7,6 @@ import codecs
 import dataclasses
 import functools
 import logging
-import os
 import threading
 import weakref
 from collections.abc import AsyncIterator
@@ -89,9 +88,7 @@ class LlamaEngine:
         tags = self.thinking_tags
         self._close_thinking = self.model.tokenize(tags.close + "\n\n", add_special=False) if tags else []
         self.projector = (
-            Projector(config.mmproj_path, self.model, threads=config.threads or os.cpu_count() or 1)
-            if config.mmproj_path
-            else None
+            Projector(config.mmproj_path, self.model, threads=config.thread_count) if config.mmproj_path else None
         )
         self.scheduler = Scheduler(self.model, config, projector=self.projector)
         self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Mailbox] = weakref.WeakKeyDictionary()

@@ -16,7 +16,6 @@ the step that reaches one has the projector encode the image into the slot's KV 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -94,7 +93,7 @@ class Scheduler:
         self.batch_size = config.batch_size
         self.prefill_chunk = config.prefill_chunk
         self.max_queue = config.max_queue
-        threads = config.threads or os.cpu_count() or 1
+        threads = config.thread_count
         self.threads = threads
         # Only the default adapts: an explicit --threads is the operator's decision.
         governor = ThreadGovernor(threads) if config.threads is None else None
