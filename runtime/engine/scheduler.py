@@ -196,14 +196,14 @@ class Scheduler:
                 job.deliver(Done("cancelled"))
                 continue
             # The free slot sharing the longest prefix wins; among equals, the one idle longest.
-            shared = {id(s): self._shared(s, job) for s in free}
-            slot = max(free, key=lambda s: (shared[id(s)], -s.released_at))
+            shared = {s: self._shared(s, job) for s in free}
+            slot = max(free, key=lambda s: (shared[s], -s.released_at))
             try:
                 slot.sampler = SamplerChain(self.model.vocab, self.model.n_vocab, job.params)
             except ToolstudioError as exc:
                 job.deliver(Done("error", error=exc))
                 continue
-            keep = self._reuse(slot, job, shared[id(slot)])
+            keep = self._reuse(slot, job, shared[slot])
             slot.tokens = job.prompt[:keep]
             slot.todo = job.prompt[keep:]
             slot.job, slot.cached, slot.generated, slot.next_token = job, keep, 0, None
@@ -270,14 +270,16 @@ class Scheduler:
                 self._release(slot, "cancelled")
         # Generating sequences first: one token each, so streams never stall behind a prefill.
         for slot in self.slots:
-            if slot.job is not None and slot.next_token is not None and slot.job.inject:
+            if slot.job is None or slot.next_token is None:
+                continue
+            if slot.job.inject:
                 self._inject(slot)  # decoded below, with the prompts
-            elif slot.job is not None and slot.next_token is not None:
-                self._add(n, slot.next_token, len(slot.tokens), slot.seq_id, True)
-                slot.tokens.append(slot.next_token)
-                slot.next_token = None
-                slot.batch_index = n
-                n += 1
+                continue
+            self._add(n, slot.next_token, len(slot.tokens), slot.seq_id, True)
+            slot.tokens.append(slot.next_token)
+            slot.next_token = None
+            slot.batch_index = n
+            n += 1
         # Then prompts, oldest first. Prefill costs about the same per token however it is
         # batched (on CPU), so under contention a step takes one chunk of the oldest prompt
         # and only those next prompts that fit whole in what is left of the chunk. Running
