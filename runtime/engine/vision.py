@@ -87,9 +87,10 @@ class Projector:
         """The prompt as a flat token list (each image a run of placeholders) plus its images in order."""
         if prompt.count(self.marker) != len(images):
             raise InvalidRequest(f"the conversation text contains the reserved image marker {self.marker!r}")
-        bitmaps = [_bitmap(image) for image in images]
+        bitmaps: list[mtmd_cpp.mtmd_bitmap_p] = []
         chunks = mtmd_cpp.mtmd_input_chunks_init()
         try:
+            bitmaps += (_bitmap(image) for image in images)  # freed below even if a later one fails
             data = prompt.encode()
             text = mtmd_cpp.mtmd_input_text(data, len(data), add_special, True)
             array = (mtmd_cpp.mtmd_bitmap_p_ctypes * max(len(bitmaps), 1))(*bitmaps)
