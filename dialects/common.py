@@ -27,11 +27,22 @@ def decode_body(body: bytes, wire_type: type[T]) -> T:
     except msgspec.ValidationError as exc:
         raise InvalidRequest(f"invalid request: {exc}") from exc
     except msgspec.DecodeError as exc:
+        # msgspec words invalid UTF-8 differently across versions (and older ones raise
+        # UnicodeDecodeError): tell it apart ourselves, only on this error path.
+        utf8_error(body)
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid UTF-8 (byte {exc.start})") from exc
     except RecursionError as exc:
         raise InvalidRequest("the request body is nested too deeply") from exc
+
+
+def utf8_error(body: bytes) -> None:
+    """Raise `InvalidRequest` naming the first byte that is not valid UTF-8, if there is one."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid UTF-8 (byte {exc.start})") from exc
 
 
 def new_id(prefix: str) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 from litestar import Request, delete, get, post
 from litestar.params import FromPath
 
-from dialects.common import new_id
+from dialects.common import new_id, utf8_error
 from runtime.agent import execute_tool, to_result
 from runtime.errors import InvalidRequest, NotFound
 from runtime.http import api_key_of, runtime_of, unless_disconnected
@@ -52,10 +52,8 @@ async def run_session_tool(
     if tool is None:
         raise NotFound(f"no tool {name!r}; available: {', '.join(runtime.tools.names())}")
     body = await request.body()
-    try:
-        arguments = body.decode("utf-8").strip() or "{}"
-    except UnicodeDecodeError as exc:  # as `decode_body` words it for every other endpoint
-        raise InvalidRequest(f"the request body is not valid UTF-8 (byte {exc.start})") from exc
+    utf8_error(body)  # as `decode_body` words it for every other endpoint
+    arguments = body.decode("utf-8").strip() or "{}"
     try:
         json.loads(arguments)
     except (ValueError, RecursionError) as exc:
