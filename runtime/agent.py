@@ -94,7 +94,10 @@ async def run_agent(
         if iteration == cap:
             # Out of rounds: one last generation without server tools, so the model answers.
             current = dataclasses.replace(
-                current, tools=list(request.tools), tool_choice=_without_server(request.tool_choice, server)
+                current,
+                tools=list(request.tools),
+                tool_choice=_without_server(request.tool_choice, server),
+                calls_forbidden=not request.tools,
             )
         turn = _Turn()
         async for event in _forward(engine.generate(current), set(server), turn):

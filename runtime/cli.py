@@ -64,6 +64,11 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     run.add_argument("--chat-template-file", type=Path, help="a Jinja chat template to use instead of the GGUF's")
     run.add_argument(
+        "--tool-format",
+        metavar="NAME",
+        help="the tool-call format (family) instead of the one detected from the chat template",
+    )
+    run.add_argument(
         "--mmproj",
         type=Path,
         help="a multimodal projector GGUF matching the model (image input); "
@@ -179,6 +184,13 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
     check_gguf(model_path)
     if args.chat_template_file and not args.chat_template_file.is_file():
         return fail(f"chat template file not found: {args.chat_template_file}")
+    if args.tool_format:
+        from runtime.engine.toolcalls.registry import format_named  # imports llama.cpp: only for `run`
+
+        try:
+            format_named(args.tool_format)
+        except ValueError as exc:
+            return fail(str(exc))
     mmproj = args.mmproj
     if mmproj is None and not args.no_mmproj:
         mmproj = resolve_projector(args.model)
@@ -198,6 +210,7 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         cache_ram_mib=args.cache_ram,
         reasoning=args.reasoning,
         chat_template_file=args.chat_template_file,
+        tool_format=args.tool_format,
         mmproj_path=mmproj,
     )
     config = ServerConfig(

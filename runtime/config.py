@@ -40,6 +40,7 @@ class EngineConfig:
     max_queue: int = 64  # waiting requests beyond the busy slots
     reasoning: ReasoningMode = "auto"  # thinking default for templates with a switch
     chat_template_file: Path | None = None  # overrides the template in the GGUF
+    tool_format: str | None = None  # a family from toolcalls.registry; None: detect from the template
     mmproj_path: Path | None = None  # a multimodal projector: the model then sees images
 
     @property

@@ -124,8 +124,12 @@ class ChatRequest:
     output_format: OutputFormat = field(default_factory=OutputFormat)
     reasoning: bool | None = None
     reasoning_budget: int | None = None  # most thinking tokens before the engine closes the block
+    reasoning_effort: str | None = None  # OpenAI's low/medium/high, for templates that read it
     server_tools: ServerTools = field(default_factory=ServerTools)
     template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Tools were offered earlier in this exchange but none may be called now (the agent
+    # loop's last round): the engine forbids the family's call marker and drops call markup.
+    calls_forbidden: bool = False
     # Text the assistant's reply already starts with (Anthropic's final assistant message):
     # generation continues it, and the reply does not repeat it.
     prefill: str = ""

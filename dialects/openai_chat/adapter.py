@@ -140,6 +140,7 @@ def to_ir(wire: ChatCompletionRequest) -> ChatRequest:
         parallel_tool_calls=wire.parallel_tool_calls is not False,
         output_format=_output_format(wire),
         reasoning=_reasoning(wire),
+        reasoning_effort=wire.reasoning_effort if wire.reasoning_effort != "none" else None,
         server_tools=server,
         template_kwargs=dict(wire.chat_template_kwargs or {}),
     )

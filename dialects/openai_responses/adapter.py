@@ -280,6 +280,11 @@ def _reasoning(wire: ResponsesRequest) -> bool | None:
     return None if effort is None else effort != "none"
 
 
+def _effort(wire: ResponsesRequest) -> str | None:
+    effort = wire.reasoning.effort if wire.reasoning else None
+    return effort if effort != "none" else None
+
+
 def _refuse_unsupported(wire: ResponsesRequest) -> None:
     """Options whose silent omission would change what the caller gets."""
     if wire.background:
@@ -329,6 +334,7 @@ def to_ir(wire: ResponsesRequest, prior: list[Message]) -> Turn:
         parallel_tool_calls=wire.parallel_tool_calls is not False,
         output_format=_output_format(wire),
         reasoning=_reasoning(wire),
+        reasoning_effort=_effort(wire),
         server_tools=server,
         template_kwargs=dict(wire.chat_template_kwargs or {}),
     )

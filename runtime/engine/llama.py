@@ -22,11 +22,11 @@ from runtime.engine.sampler import GrammarMatcher, GrammarTrigger, SamplerParams
 from runtime.engine.scheduler import Done, Scheduler, SequenceJob, Token
 from runtime.engine.stops import StopMatcher
 from runtime.engine.template import IMAGE_PLACEHOLDER, ChatTemplate
-from runtime.engine.toolcalls import ToolCallParser, detect_format
+from runtime.engine.toolcalls import SnapshotParser, ToolCallParser, detect_format, format_named
 from runtime.engine.vision import MediaChunk, Projector
 from runtime.errors import ContextLengthExceeded, InvalidRequest, UnsupportedFeature
 from runtime.events import Event, Finished, ReasoningDelta, TextDelta, Usage
-from runtime.ir import ChatRequest, ImagePart, ToolSpec
+from runtime.ir import ChatRequest, ImagePart, ToolChoice, ToolSpec
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class PreparedPrompt:
     tokens: list[int]
     params: SamplerParams
     max_tokens: int
-    parser: ToolCallParser | None = None  # set when the output may hold client tool calls
+    parser: ToolCallParser | SnapshotParser | None = None  # set when the output may hold calls (or channels)
     thinking_open: bool = False  # the prompt itself opened a thinking block
     media: tuple[MediaChunk, ...] = ()  # the prompt's images, in order (with a projector)
 
@@ -45,7 +45,7 @@ class PreparedPrompt:
 class OutputConstraint:
     grammar: str | None = None
     triggers: tuple[GrammarTrigger, ...] = ()
-    parser: ToolCallParser | None = None
+    parser: ToolCallParser | SnapshotParser | None = None
 
 
 class Mailbox:
@@ -82,8 +82,11 @@ class LlamaEngine:
             config = dataclasses.replace(config, ctx_size=self.ctx_size)
         source = config.chat_template_file.read_text() if config.chat_template_file else self.model.chat_template()
         self.template = ChatTemplate(source, bos_token=self.model.bos_token, eos_token=self.model.eos_token)
-        self.tool_format = detect_format(self.template.source)
-        self.thinking_tags = tags_for_template(self.template.source)
+        self.tool_format = format_named(config.tool_format) if config.tool_format else detect_format(source)
+        how = "--tool-format" if config.tool_format else "detected from the chat template"
+        log.info("tool-call format: %s (%s)", self.tool_format.name, how)
+        # Families with reasoning channels (gpt-oss, Gemma 4) split reasoning in their parser.
+        self.thinking_tags = None if self.tool_format.owns_reasoning else tags_for_template(self.template.source)
         # Written by the engine itself when a thinking budget is spent.
         tags = self.thinking_tags
         self._close_thinking = self.model.tokenize(tags.close + "\n\n", add_special=False) if tags else []
@@ -155,14 +158,20 @@ class LlamaEngine:
         native_tools = tools if tools and self.tool_format.native else None
         marker = self.projector.marker if self.projector is not None else IMAGE_PLACEHOLDER
         prompt = self.template.render(
-            messages, tools=native_tools, image_marker=marker, **self.template_kwargs(request)
+            messages,
+            tools=native_tools,
+            image_marker=marker,
+            string_arguments=self.tool_format.string_arguments,
+            **self.template_kwargs(request),
         )
         return prompt + request.prefill
 
     def template_kwargs(self, request: ChatRequest) -> dict[str, Any]:
         """The request's own template variables, plus the thinking switch: the request's
         choice, else the server's `--reasoning` default, else whatever the template does."""
-        kwargs = dict(request.template_kwargs)
+        kwargs = {**self.tool_format.template_kwargs(request), **request.template_kwargs}
+        if request.reasoning_effort and "reasoning_effort" in self.template.source:
+            kwargs.setdefault("reasoning_effort", request.reasoning_effort)
         if self.template.supports_thinking_switch and "enable_thinking" not in kwargs:
             default = {"on": True, "off": False}.get(self.config.reasoning)
             enabled = request.reasoning if request.reasoning is not None else default
@@ -205,6 +214,7 @@ class LlamaEngine:
             seed=s.seed,
             grammar=constraint.grammar,
             grammar_triggers=constraint.triggers,
+            thinking_close=self.thinking_tags.close if self.thinking_tags is not None else None,
         )
         thinking_open = self.thinking_tags is not None and starts_thinking(prompt, self.thinking_tags)
         max_tokens = min(wanted, room) if wanted else room
@@ -235,14 +245,24 @@ class LlamaEngine:
             grammar = (
                 json_object_grammar() if out.kind == "json_object" else schema_grammar(response, strict=out.strict)
             )
-            constraint = OutputConstraint(grammar)
+            constraint = OutputConstraint(grammar, parser=self._channel_parser(request.calls_forbidden))
+        elif request.calls_forbidden:
+            constraint = OutputConstraint(self.tool_format.no_calls_grammar(), parser=self._channel_parser(True))
         else:
-            return OutputConstraint()
+            return OutputConstraint(parser=self._channel_parser())
         if constraint.grammar:
             # Compile once here (microseconds) so a bad grammar fails the request up front,
             # never inside the decode thread when a lazy grammar triggers.
             GrammarMatcher(self.model.vocab, constraint.grammar).close()
         return constraint
+
+    def _channel_parser(self, calls_forbidden: bool = False) -> ToolCallParser | SnapshotParser | None:
+        """Without client tools, a parser only for families whose output has channels
+        (reasoning and answer) or when calls are forbidden; call markup is then dropped,
+        never shown as content."""
+        if not self.tool_format.owns_reasoning and not calls_forbidden:
+            return None
+        return self.tool_format.parser([], ToolChoice(), True)
 
     # -- generation -------------------------------------------------------------------------
 
@@ -271,9 +291,14 @@ class LlamaEngine:
         tags = self.thinking_tags
         splitter = ReasoningSplitter(tags, inside=prepared.thinking_open) if tags is not None else None
 
+        in_thinking = [prepared.thinking_open]
+
         def convert(segments: list[tuple[bool, str]]) -> list[Event]:
             out: list[Event] = []
             for thinking, segment in segments:
+                if parser is not None and in_thinking[0] and not thinking:
+                    parser.start_answer()  # a call may open the answer right after the thinking block
+                in_thinking[0] = thinking
                 found = parser.feed(segment) if parser is not None else [TextDelta(segment)]
                 # Calls written inside a thinking block are still calls; only text turns into reasoning.
                 out += [ReasoningDelta(e.text) if thinking and isinstance(e, TextDelta) else e for e in found]

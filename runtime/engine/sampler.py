@@ -40,8 +40,8 @@ assert _TOKEN_DATA.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
 @dataclass(frozen=True, slots=True)
 class GrammarTrigger:
     """Where a lazy grammar starts: the first `text` in the output or, with `at_start`,
-    `text` as the first thing after leading whitespace. The grammar's root matches from
-    the start of `text` on."""
+    `text` as the first thing after leading whitespace (or after the thinking block, see
+    `SamplerParams.thinking_close`). The grammar's root matches from the start of `text` on."""
 
     text: str
     at_start: bool = False
@@ -59,6 +59,7 @@ class SamplerParams:
     seed: int | None = None
     grammar: str | None = None  # GBNF, root rule `root`
     grammar_triggers: tuple[GrammarTrigger, ...] = ()  # non-empty: the grammar is lazy
+    thinking_close: str | None = None  # `at_start` triggers also fire right after this tag
     grammar_check_first: bool = True  # False: apply the grammar to every candidate, every step
 
 
@@ -214,7 +215,11 @@ class SamplerChain:
         for trigger in self._triggers:
             text = trigger.text.encode()
             if trigger.at_start:
-                rest = self._output.lstrip(WHITESPACE)
+                answer = self._output
+                close = self.params.thinking_close
+                if close and (at := answer.rfind(close.encode())) >= 0:
+                    answer = answer[at + len(close.encode()) :]
+                rest = answer.lstrip(WHITESPACE)
                 if rest.startswith(text):
                     starts.append(len(self._output) - len(rest))
             else:

@@ -63,10 +63,13 @@ class ChatTemplate:
         tools: list[ToolSpec] | None = None,
         add_generation_prompt: bool = True,
         image_marker: str = IMAGE_PLACEHOLDER,
+        string_arguments: bool = False,
         **kwargs: Any,
     ) -> str:
+        """The prompt text. `string_arguments`: earlier calls' arguments reach the template
+        as JSON text (templates that print them as they are), not as an object."""
         variables: dict[str, Any] = {
-            "messages": [message_to_template(m, image_marker) for m in messages],
+            "messages": [message_to_template(m, image_marker, string_arguments) for m in messages],
             "add_generation_prompt": add_generation_prompt,
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
@@ -96,7 +99,9 @@ def _arguments_value(arguments: str) -> Any:
         return arguments
 
 
-def message_to_template(message: Message, image_marker: str = IMAGE_PLACEHOLDER) -> dict[str, Any]:
+def message_to_template(
+    message: Message, image_marker: str = IMAGE_PLACEHOLDER, string_arguments: bool = False
+) -> dict[str, Any]:
     text: list[str] = []
     reasoning: list[str] = []
     tool_calls: list[dict[str, Any]] = []
@@ -114,7 +119,10 @@ def message_to_template(message: Message, image_marker: str = IMAGE_PLACEHOLDER)
                     {
                         "id": call_id,
                         "type": "function",
-                        "function": {"name": name, "arguments": _arguments_value(arguments)},
+                        "function": {
+                            "name": name,
+                            "arguments": arguments if string_arguments else _arguments_value(arguments),
+                        },
                     }
                 )
             case ToolResultPart():

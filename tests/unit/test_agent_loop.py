@@ -168,6 +168,8 @@ def test_chat_iteration_cap_ends_with_a_text_turn(agent: FakeServer) -> None:
     assert all(not c.choices[0].delta.tool_calls for c in chunks if c.choices)
     last = agent.engine.requests[-1]
     assert last.tools == [] and last.tool_choice.mode == "auto"
+    assert last.calls_forbidden  # the engine forbids call markup in that last round
+    assert not any(r.calls_forbidden for r in agent.engine.requests[:-1])
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 

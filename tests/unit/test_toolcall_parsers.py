@@ -174,9 +174,17 @@ def test_broken_off_arguments_are_closed_into_valid_json() -> None:
     assert outcome(events)[1] == [("call_0", "f", '{"q": "caf\\u00e0"}')]
 
 
-def test_calls_to_unknown_tools_are_text() -> None:
-    text = '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>'
-    assert outcome(run(HermesParser, [text], names=["get_weather"])) == (text, [])
+def test_calls_to_unknown_tools_are_dropped_not_shown_as_content() -> None:
+    text = 'Sure. <tool_call>{"name": "rm_rf", "arguments": {}}</tool_call> Done.'
+    for chunks in splits(text):
+        assert outcome(run(HermesParser, chunks, names=["get_weather"])) == ("Sure. Done.", [])
+    # With no tool allowed at all (the agent loop's last round), markup is still not content.
+    assert outcome(run(HermesParser, [text], names=[])) == ("Sure. Done.", [])
+
+
+def test_call_markup_cut_by_max_tokens_is_not_content() -> None:
+    for text in ["<tool_call>\n", '<tool_call>\n{"na', 'Hi <tool_call>{"name": "get_wea']:
+        assert outcome(run(HermesParser, [text]))[0] == ("Hi " if text.startswith("Hi") else "")
 
 
 def test_arguments_in_another_key_order_or_as_a_string_still_parse() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from runtime.engine.grammar.converter import Converter
+from runtime.engine.grammar.gbnf import excluding
 from runtime.engine.grammar.normaliser import Normaliser
 
 
@@ -24,6 +25,17 @@ class GrammarBuilder:
 
     def rule(self, name: str, body: str) -> str:
         return self._converter._add_rule(name, body)
+
+    def excluding(self, stop: str, name: str) -> str:
+        """Add rules for any text without `stop` in it (see `gbnf.excluding`); returns the top rule."""
+        base, i = name, 1
+        while f"{name}-0" in self._converter._rules:
+            i += 1
+            name = f"{base}{i}"
+        top, rules = excluding(stop, name)
+        for rule_name, body in rules.items():
+            self._converter._rules[rule_name] = body
+        return top
 
     def build(self, root_body: str) -> str:
         self._converter._rules["root"] = root_body

@@ -8,3 +8,47 @@ import json
 def literal(text: str) -> str:
     """A GBNF string literal."""
     return json.dumps(text, ensure_ascii=False)
+
+
+def char_class(chars: str, *, negated: bool = False) -> str:
+    """A GBNF character class of exactly `chars` (or, `negated`, of every other character)."""
+    escaped = "".join(_CLASS_ESCAPES.get(c, c) for c in sorted(set(chars)))
+    return f"[{'^' if negated else ''}{escaped}]"
+
+
+_CLASS_ESCAPES = {"\\": "\\\\", "]": "\\]", "[": "\\[", "^": "\\^", "-": "\\-", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def excluding(stop: str, name: str) -> tuple[str, dict[str, str]]:
+    """Rules for any text (the empty text included) that does not contain `stop`.
+
+    Returns `(top rule name, {rule name: body})`. The rules are the states of the KMP
+    automaton that looks for `stop`: state k means "the text so far ends with the first k
+    characters of `stop`", and no transition reaches `len(stop)`. Right recursion only, so
+    llama.cpp's grammar stacks stay flat however long the text.
+    """
+    if not stop:
+        raise ValueError("excluding() needs a non-empty stop text")
+    n = len(stop)
+    fail = [0] * n  # KMP failure function
+    k = 0
+    for i in range(1, n):
+        while k and stop[i] != stop[k]:
+            k = fail[k - 1]
+        if stop[i] == stop[k]:
+            k += 1
+        fail[i] = k
+
+    def step(state: int, ch: str) -> int:
+        while state and stop[state] != ch:
+            state = fail[state - 1]
+        return state + 1 if stop[state] == ch else 0
+
+    rules: dict[str, str] = {}
+    for state in range(n):
+        targets = {ch: step(state, ch) for ch in sorted(set(stop))}
+        special = "".join(ch for ch, target in targets.items() if target)  # not back to state 0
+        alternatives = [f"{char_class(special, negated=True)} {name}-0"]
+        alternatives += [f"{literal(ch)} {name}-{t}" for ch, t in targets.items() if 0 < t < n]
+        rules[f"{name}-{state}"] = f"( {' | '.join(alternatives)} )?"
+    return f"{name}-0", rules

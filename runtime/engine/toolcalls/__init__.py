@@ -2,34 +2,47 @@
 
 Dialects never see any of this: they put `tools`, `tool_choice` and `parallel_tool_calls`
 in the `ChatRequest` and render the `ToolCallStart/Delta/End` events the engine emits.
+
+- `formats`: `ToolFormat`, the interface of a family, and the JSON-object families.
+- `registry`: the ordered table of families and `detect_format`.
+- `parser`: the character state machine the JSON-object families share.
+- `snapshot`: `SnapshotParser`, parse-the-whole-text-and-diff, for the other families.
 """
 
 from runtime.engine.toolcalls.formats import (
-    FORMATS,
     CallGrammar,
     GenericFormat,
     HermesFormat,
+    JsonCallsFormat,
     Llama3Format,
     MistralFormat,
     ToolFormat,
-    detect_format,
 )
 from runtime.engine.toolcalls.parser import ToolCallParser, new_call_id
 from runtime.engine.toolcalls.parsers import GenericParser, HermesParser, Llama3Parser, MistralParser
+from runtime.engine.toolcalls.registry import FORMAT_NAMES, FORMATS, detect_format, format_named
+from runtime.engine.toolcalls.snapshot import CallSnapshot, Content, Reasoning, SnapshotParser
 
 __all__ = [
     "FORMATS",
+    "FORMAT_NAMES",
     "CallGrammar",
+    "CallSnapshot",
+    "Content",
     "GenericFormat",
     "GenericParser",
     "HermesFormat",
     "HermesParser",
+    "JsonCallsFormat",
     "Llama3Format",
     "Llama3Parser",
     "MistralFormat",
     "MistralParser",
+    "Reasoning",
+    "SnapshotParser",
     "ToolCallParser",
     "ToolFormat",
     "detect_format",
+    "format_named",
     "new_call_id",
 ]

@@ -1,5 +1,5 @@
 """Tool-call formats: how tools reach the prompt, which grammar constrains a call, how the
-output is parsed. One class per family; `detect_format` picks one from the chat template.
+output is parsed. One class per family; `registry.detect_format` picks one from the chat template.
 
 Native formats (Hermes/Qwen, Llama 3, Mistral) render tools through the template's own
 `tools` variable and parse what the family was trained to write. Templates without tool
@@ -20,7 +20,8 @@ from runtime.engine.sampler import GrammarTrigger
 from runtime.engine.toolcalls import parsers
 from runtime.engine.toolcalls.generic import prepare_generic
 from runtime.engine.toolcalls.parser import ToolCallParser
-from runtime.ir import Message, ToolCallPart, ToolChoice, ToolResultPart, ToolSpec
+from runtime.engine.toolcalls.snapshot import SnapshotParser
+from runtime.ir import ChatRequest, Message, ToolCallPart, ToolChoice, ToolResultPart, ToolSpec
 
 # Parallel calls per message the grammar allows: a small model left unbounded can loop.
 MAX_PARALLEL_CALLS = 8
@@ -35,18 +36,38 @@ class CallGrammar:
 
 
 class ToolFormat:
+    """One model family's way of calling tools (and, for some, of writing reasoning).
+
+    A family is detected from its chat template's source (`detect`, markers the template
+    renders; never the model's name). `registry.FORMATS` is the ordered table of families.
+    """
+
     name: ClassVar[str]
     native: ClassVar[bool] = True  # tools go through the template's `tools` variable
-    parser_class: ClassVar[type[ToolCallParser]]
+    # The parser also splits reasoning (channels): it runs on every output, tools or not,
+    # and the engine's `<think>` splitter stays off.
+    owns_reasoning: ClassVar[bool] = False
+    parser_class: ClassVar[type[ToolCallParser] | type[SnapshotParser]]
     triggers: ClassVar[tuple[GrammarTrigger, ...]]
-    args_key: ClassVar[str] = "arguments"
-    separator: ClassVar[str] = '"," " "?'  # between parallel calls
+    # Earlier calls' arguments reach the template as JSON text rather than an object.
+    string_arguments: ClassVar[bool] = False
+
+    @classmethod
+    def detect(cls, template_source: str) -> bool:
+        """Whether a chat template was written for this family."""
+        return False
 
     def prepare_messages(self, messages: list[Message], tools: list[ToolSpec]) -> list[Message]:
         """The conversation as this format's template should see it."""
         return messages
 
-    def parser(self, tools: list[ToolSpec], choice: ToolChoice, parallel: bool) -> ToolCallParser:
+    def template_kwargs(self, request: ChatRequest) -> dict[str, Any]:
+        """Extra template variables this family's template reads (e.g. `reasoning_effort`)."""
+        return {}
+
+    def parser(self, tools: list[ToolSpec], choice: ToolChoice, parallel: bool) -> ToolCallParser | SnapshotParser:
+        """A fresh parser for one output. With no tools (`owns_reasoning` formats only),
+        it splits reasoning and treats any call markup as a call to drop."""
         single = choice.mode == "function" or not parallel
         names = [choice.name] if choice.mode == "function" and choice.name else [t.name for t in tools]
         return self.parser_class(names=names, max_calls=1 if single else MAX_PARALLEL_CALLS)
@@ -78,29 +99,69 @@ class ToolFormat:
         self, tools: list[ToolSpec], single: bool, response: dict[str, Any] | None, response_strict: bool
     ) -> str:
         b = GrammarBuilder()
-        alternatives = []
-        for i, tool in enumerate(tools):
-            args = b.schema(tool.parameters, f"{tool.name}-args", param=f"tools[{i}]", strict=tool.strict)
-            head = literal(f'{{"name": {json.dumps(tool.name, ensure_ascii=False)}, "{self.args_key}": ')
-            alternatives.append(b.rule(f"{tool.name}-call", f'{head} {args} "}}"'))
-        call = b.rule("call", " | ".join(alternatives))
-        calls = call if single else f"{call} ({self.separator} {call}){{0,{MAX_PARALLEL_CALLS - 1}}}"
-        root = self.section(b, b.rule("calls", calls))
+        root = self.calls_rule(b, tools, single)
         if response is not None:
             answer = b.schema(response, "answer", param="response_format", strict=response_strict)
             root = f"({root}) | {answer}"
         return b.build(root)
+
+    def no_calls_grammar(self) -> str | None:
+        """A grammar for free text without the family's call marker (the agent loop's last
+        round, when no tool may be called); None when the family has no marker to forbid."""
+        markers = [t.text for t in self.triggers if not t.at_start]
+        if not markers:
+            return None
+        b = GrammarBuilder()
+        return cache.get(["no-calls", markers[0]], lambda: b.build(b.excluding(markers[0], "text")))
+
+    def calls_rule(self, b: GrammarBuilder, tools: list[ToolSpec], single: bool) -> str:
+        """GBNF for the family's call section: one call if `single`, else up to
+        `MAX_PARALLEL_CALLS`, starting at the family's marker (the lazy grammar's trigger)."""
+        raise NotImplementedError
+
+
+def arguments_rule(b: GrammarBuilder, tool: ToolSpec, index: int) -> str:
+    """The rule for one tool's JSON arguments object (its `parameters` schema)."""
+    return b.schema(tool.parameters, f"{tool.name}-args", param=f"tools[{index}]", strict=tool.strict)
+
+
+def repeat(call: str, separator: str, single: bool) -> str:
+    """`call`, or up to `MAX_PARALLEL_CALLS` of them with `separator` between."""
+    return call if single else f"{call} ({separator} {call}){{0,{MAX_PARALLEL_CALLS - 1}}}"
+
+
+class JsonCallsFormat(ToolFormat):
+    """Families whose call is one JSON object `{"name": ..., "<args_key>": {...}}`,
+    inside a family-specific section (`section`)."""
+
+    parser_class: ClassVar[type[ToolCallParser]]
+    args_key: ClassVar[str] = "arguments"
+    separator: ClassVar[str] = '"," " "?'  # between parallel calls
+
+    def calls_rule(self, b: GrammarBuilder, tools: list[ToolSpec], single: bool) -> str:
+        alternatives = []
+        for i, tool in enumerate(tools):
+            args = arguments_rule(b, tool, i)
+            head = literal(f'{{"name": {json.dumps(tool.name, ensure_ascii=False)}, "{self.args_key}": ')
+            alternatives.append(b.rule(f"{tool.name}-call", f'{head} {args} "}}"'))
+        call = b.rule("call", " | ".join(alternatives))
+        return self.section(b, b.rule("calls", repeat(call, self.separator, single)))
 
     def section(self, b: GrammarBuilder, calls: str) -> str:
         """The root body around the call list (markers, envelope)."""
         raise NotImplementedError
 
 
-class HermesFormat(ToolFormat):
+class HermesFormat(JsonCallsFormat):
     """Hermes 2 Pro / Qwen 2.5+: `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`."""
 
     name = "hermes"
     parser_class = parsers.HermesParser
+
+    @classmethod
+    def detect(cls, template_source: str) -> bool:
+        return "<tool_call>" in template_source
+
     triggers = (GrammarTrigger("<tool_call>"),)
     # Each call has its own tags, so between two calls comes a closing and an opening tag.
     separator = '"\\n"? "</tool_call>" "\\n"? "<tool_call>" "\\n"?'
@@ -109,11 +170,16 @@ class HermesFormat(ToolFormat):
         return f'"<tool_call>" "\\n"? {calls} "\\n"? "</tool_call>"'
 
 
-class MistralFormat(ToolFormat):
+class MistralFormat(JsonCallsFormat):
     """Mistral v0.3 / Nemo: `[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]`."""
 
     name = "mistral"
     parser_class = parsers.MistralParser
+
+    @classmethod
+    def detect(cls, template_source: str) -> bool:
+        return "[TOOL_CALLS]" in template_source
+
     triggers = (GrammarTrigger("[TOOL_CALLS]"),)
 
     def section(self, b: GrammarBuilder, calls: str) -> str:
@@ -140,11 +206,17 @@ def mistral_id(call_id: str) -> str:
     return hashlib.sha256(call_id.encode()).hexdigest()[:9]
 
 
-class Llama3Format(ToolFormat):
+class Llama3Format(JsonCallsFormat):
     """Llama 3.1-3.3: the message is `{"name": ..., "parameters": {...}}` (or after `<|python_tag|>`)."""
 
     name = "llama3"
     parser_class = parsers.Llama3Parser
+
+    @classmethod
+    def detect(cls, template_source: str) -> bool:
+        src = template_source
+        return "<|python_tag|>" in src or ("<|start_header_id|>" in src and '"parameters"' in src)
+
     triggers = (GrammarTrigger("{", at_start=True), GrammarTrigger("<|python_tag|>"))
     args_key = "parameters"
     separator = '";" " "?'
@@ -153,12 +225,17 @@ class Llama3Format(ToolFormat):
         return f'"<|python_tag|>"? {calls}'
 
 
-class GenericFormat(ToolFormat):
+class GenericFormat(JsonCallsFormat):
     """Any template without tool support (SmolLM2): prompt-described tools, JSON envelope."""
 
     name = "generic"
     native = False
     parser_class = parsers.GenericParser
+
+    @classmethod
+    def detect(cls, template_source: str) -> bool:
+        return True  # the fallback: any template
+
     triggers = (GrammarTrigger("{", at_start=True),)
 
     def section(self, b: GrammarBuilder, calls: str) -> str:
@@ -166,18 +243,3 @@ class GenericFormat(ToolFormat):
 
     def prepare_messages(self, messages: list[Message], tools: list[ToolSpec]) -> list[Message]:
         return prepare_generic(messages, tools)
-
-
-FORMATS: dict[str, type[ToolFormat]] = {f.name: f for f in (HermesFormat, MistralFormat, Llama3Format, GenericFormat)}
-
-
-def detect_format(template_source: str | None) -> ToolFormat:
-    """The tool-call family a chat template was written for (generic when unknown)."""
-    src = template_source or ""
-    if "<tool_call>" in src and "<function=" not in src:
-        return HermesFormat()
-    if "[TOOL_CALLS]" in src:
-        return MistralFormat()
-    if "<|python_tag|>" in src or ("<|start_header_id|>" in src and '"parameters"' in src):
-        return Llama3Format()
-    return GenericFormat()

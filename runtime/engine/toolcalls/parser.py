@@ -86,6 +86,7 @@ class ToolCallParser:
     at_start: bool = False  # a "{" as the first non-space character opens a section
     args_keys: tuple[str, ...] = ("arguments",)
     closer: str | None = None  # ends a section; used to resynchronise after broken arguments
+    envelope: bool = False  # the section's opening proves it holds calls (not a JSON answer)
 
     def __init__(
         self,
@@ -94,7 +95,7 @@ class ToolCallParser:
         max_calls: int | None = None,
         new_id: Callable[[], str] = new_call_id,
     ) -> None:
-        self.names = set(names) if names else None
+        self.names = set(names) if names is not None else None
         self.max_calls = max_calls
         self.new_id = new_id
         self.calls = 0  # calls ended (ToolCallEnd emitted)
@@ -127,7 +128,8 @@ class ToolCallParser:
             self._scan.end_of_input()
             self._end_args()
         elif self._state in ("open", "call", "whole"):
-            if self._section_calls:
+            if self._section_calls or self._skip or self._state != "open":
+                # Call markup cut short (max_tokens) with no arguments yet: not content.
                 log.debug("dropping an unfinished tool call after %d complete ones", self._section_calls)
             else:
                 self._degrade(all_text=True)
@@ -136,6 +138,12 @@ class ToolCallParser:
         self._buf = ""
         self._state = "text"
         return self._take()
+
+    def start_answer(self) -> None:
+        """A thinking block just ended: what follows is the start of the answer, where an
+        `at_start` call may open."""
+        if self._state == "text" and not self._buf.strip(WHITESPACE):
+            self._seen_text = False
 
     # -- format hooks ------------------------------------------------------------------------
 
@@ -322,6 +330,14 @@ class ToolCallParser:
             self._degrade()
             return
         name, arguments = call
+        if not self._allowed(name):
+            if not self._skip and not self.envelope:  # a JSON answer that happens to look like a call
+                self._degrade()
+                return
+            # Call markup for a tool that may not be called here: dropped, never content.
+            log.debug("dropping a call to %r (not allowed here)", name)
+            self._enter("next", self._pos)
+            return
         call_id = self.new_id()
         self._events += [
             ToolCallStart(self.calls, call_id, name),
@@ -344,7 +360,7 @@ class ToolCallParser:
             return None
         name = obj["name"]
         key = next((k for k in self.args_keys if k in obj), None)
-        if not self._allowed(name) or (key is None and self.names is None):
+        if key is None and self.names is None:
             return None
         arguments = obj.get(key, {}) if key else {}
         if isinstance(arguments, str):

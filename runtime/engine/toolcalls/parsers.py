@@ -53,6 +53,7 @@ class GenericParser(ToolCallParser):
     """The generic envelope, only as the whole message: `{"tool_calls": [call, ...]}`."""
 
     at_start = True
+    envelope = True
 
     def open_section(self, s: str, i: int) -> int:
         i = skip_ws(s, expect(s, i, "{"))
