@@ -10,6 +10,8 @@ from typing import Any
 import jsonschema
 import llama_cpp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runtime.engine.grammar import GrammarCache, cache, json_object_grammar, schema_grammar
 from runtime.engine.model import LlamaModel
@@ -19,6 +21,8 @@ from runtime.errors import UnsupportedFeature
 from runtime.ir import ToolChoice, ToolSpec
 from runtime.model_source import embedded_model
 from tests.examples import COUNTRY_PICK
+from tests.grammar_check import accepts as accepts_real
+from tests.grammar_check import real_vocab
 
 MODEL = embedded_model()
 
@@ -343,3 +347,39 @@ def test_trigger_text_the_grammar_rejects_leaves_the_output_unconstrained(model:
         assert chain.grammar is None  # and it does not trigger again
     finally:
         chain.close()
+
+
+# -- literals: any code point, in const, enum and property names --------------------------------
+
+# Any assigned character: astral ones (emoji), controls, quotes and backslashes. (Unassigned
+# code points are left out: some real tokenizers drop their bytes before any grammar sees them.)
+_ANY_TEXT = st.text(st.characters(exclude_categories=("Cs", "Cn")), max_size=6)  # assigned ones
+
+
+def _spellings(value: Any) -> list[str]:
+    return [json.dumps(value, ensure_ascii=False), json.dumps(value)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=_ANY_TEXT)
+def test_string_literals_of_any_code_point_are_exact(model: LlamaModel, value: str) -> None:
+    # Before: `{"const": "🎉"}` produced U+FFFD, and `"` or a newline broke the JSON.
+    schemas = {
+        "const": {"type": "object", "properties": {"s": {"const": value}}, "required": ["s"]},
+        "enum": {"type": "object", "properties": {"s": {"enum": [value, "other"]}}, "required": ["s"]},
+    }
+    for kind, schema in schemas.items():
+        g = schema_grammar(schema, strict=True)
+        accepted = [text for text in _spellings({"s": value}) if accepts(model, g, text)]
+        assert accepted, (kind, value)
+        assert all(json.loads(text) == {"s": value} for text in accepted)
+        assert not accepts(model, g, json.dumps({"s": value + "x"}, ensure_ascii=False)), (kind, value)
+    g = schema_grammar({"type": "object", "properties": {value: {"type": "integer"}}, "required": [value]}, strict=True)
+    assert any(accepts(model, g, text) for text in _spellings({value: 1})), value
+
+
+@pytest.mark.parametrize("vocab", ["qwen2", "gemma-4", "llama-bpe", "deepseek-llm"])
+def test_emoji_const_on_real_tokenizers(vocab: str) -> None:
+    g = schema_grammar({"type": "object", "properties": {"s": {"const": "🎉"}}, "required": ["s"]}, strict=True)
+    assert accepts_real(real_vocab(vocab), g, '{"s": "🎉"}')
+    assert not accepts_real(real_vocab(vocab), g, '{"s": "\ufffd"}')

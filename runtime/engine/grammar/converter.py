@@ -7,6 +7,7 @@ generated here instead of by the base class.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from llama_cpp.llama_grammar import (
@@ -17,6 +18,7 @@ from llama_cpp.llama_grammar import (
     SchemaConverter,
 )
 
+from runtime.engine.grammar.gbnf import literal
 from runtime.engine.grammar.numeric import number_range
 from runtime.engine.grammar.patterns import pattern_to_gbnf
 
@@ -32,6 +34,23 @@ class Converter(SchemaConverter):
     def __init__(self) -> None:
         super().__init__(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
         self.ref_prefix = ""
+
+    def _format_literal(self, text: str) -> str:
+        # The base escapes only quotes and newlines, so the backslash escapes of the JSON
+        # text it is given (`json.dumps` of a const, an enum value, a property name) were
+        # read a second time as GBNF escapes: `\ud83c\udf89` became two lone surrogates
+        # (U+FFFD in the output) and `\"` or `\n` raw characters that break the JSON.
+        return literal(text)
+
+    def _generate_constant_rule(self, value: Any) -> str:
+        # Characters as they are (an emoji is the emoji, not a surrogate-pair escape), unless
+        # the value holds lone surrogates, which only an escape can carry.
+        text = json.dumps(value, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(value)
+        return self._format_literal(text)
 
     def _resolve_ref(self, ref: str) -> str:
         # The base names a definition's rule after its last path segment only, so two tools

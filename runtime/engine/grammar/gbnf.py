@@ -6,8 +6,14 @@ import json
 
 
 def literal(text: str) -> str:
-    """A GBNF string literal."""
-    return json.dumps(text, ensure_ascii=False)
+    """A GBNF string literal matching exactly `text` (JSON string escapes are GBNF's too;
+    a lone surrogate, which UTF-8 cannot carry, is written as its escape)."""
+    quoted = json.dumps(text, ensure_ascii=False)
+    try:
+        quoted.encode("utf-8")
+    except UnicodeEncodeError:
+        quoted = json.dumps(text)
+    return quoted
 
 
 def char_class(chars: str, *, negated: bool = False) -> str:
