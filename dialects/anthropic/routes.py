@@ -11,7 +11,7 @@ from dialects.anthropic.adapter import to_ir
 from dialects.anthropic.protocol import CountTokensRequest, CreateMessageRequest
 from dialects.anthropic.render import Meta, render_message, render_stream
 from dialects.common import decode_body, new_id
-from dialects.sse import SSE_HEADERS, primed
+from dialects.sse import primed, sse_response
 from runtime.events import fold
 from runtime.http import api_key_of, runtime_of, unless_disconnected
 
@@ -24,7 +24,7 @@ async def create_message(request: Request[Any, Any, Any]) -> Response[Any] | Ser
     events = runtime.run(chat, api_key_of(request))
     meta = Meta(id=new_id("msg_"), model=runtime.config.model_id)
     if wire.stream:
-        return ServerSentEvent(render_stream(await primed(events), meta), headers=SSE_HEADERS)
+        return sse_response(render_stream(await primed(events), meta))
     completion = await unless_disconnected(request, fold(events))
     return Response(render_message(completion, meta))
 

@@ -11,7 +11,7 @@ from dialects.common import decode_body, new_id, now
 from dialects.openai_chat.adapter import to_ir
 from dialects.openai_chat.protocol import ChatCompletionRequest
 from dialects.openai_chat.render import Meta, render_response, render_stream
-from dialects.sse import SSE_HEADERS, primed
+from dialects.sse import primed, sse_response
 from runtime.events import fold
 from runtime.http import api_key_of, runtime_of, unless_disconnected
 
@@ -26,6 +26,6 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any] | S
     if wire.stream:
         include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
         stream = render_stream(await primed(events), meta, include_usage=include_usage)
-        return ServerSentEvent(stream, headers=SSE_HEADERS)
+        return sse_response(stream)
     completion = await unless_disconnected(request, fold(events))
     return Response(render_response(completion, meta))

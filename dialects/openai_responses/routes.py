@@ -14,7 +14,7 @@ from dialects.openai_responses.adapter import Turn, to_ir
 from dialects.openai_responses.protocol import ResponsesRequest
 from dialects.openai_responses.render import Meta, OutputBuilder, collect, render_stream, response_body
 from dialects.openai_responses.store import STORE_FILE, ResponseStore, StoredResponse
-from dialects.sse import SSE_HEADERS, primed
+from dialects.sse import primed, sse_response
 from runtime.config import SamplingDefaults
 from runtime.errors import InvalidRequest, NotFound
 from runtime.http import api_key_of, runtime_of, unless_disconnected
@@ -119,7 +119,7 @@ async def create_response(request: Request[Any, Any, Any]) -> Response[Any] | Se
 
     events = runtime.run(turn.chat, key)
     if wire.stream:
-        return ServerSentEvent(render_stream(await primed(events), meta, on_done), headers=SSE_HEADERS)
+        return sse_response(render_stream(await primed(events), meta, on_done))
     builder = await unless_disconnected(request, collect(events))
     body = response_body(meta, builder, builder.status)
     await on_done(body, builder)

@@ -136,9 +136,37 @@ def test_raw_sse_event_names(fake_server: FakeServer) -> None:
     ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         body = response.read().decode()
-    frames = [f for f in body.replace("\r\n", "\n").split("\n\n") if f.strip()]
+    frames = [f for f in body.split("\n\n") if f.strip()]
     assert any(f.startswith("event: tool_result\ndata: ") for f in frames)
     assert frames[-1] == "data: [DONE]"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "m", "messages": HI, "stream": True}),
+        ("/v1/responses", {"model": "m", "input": "hi", "stream": True}),
+        ("/v1/messages", {"model": "m", "messages": HI, "max_tokens": 20, "stream": True}),
+    ],
+)
+def test_every_dialect_frames_sse_with_lf_only(fake_server: FakeServer, path: str, body: dict[str, object]) -> None:
+    # OpenAI and Anthropic send LF; hand-written clients split events on a blank LF line.
+    fake_server.engine.enqueue([ToolResult("c", "bash", "{}", "line1\r\nline2"), TextDelta("a\nb")])
+    with httpx.stream(
+        "POST", f"{fake_server.base_url}{path}", json=body, headers={"Authorization": f"Bearer {fake_server.key}"}
+    ) as response:
+        raw = response.read()
+    assert response.status_code == 200
+    assert b"\r" not in raw
+    frames = [f for f in raw.decode().split("\n\n") if f.strip()]
+    assert len(frames) >= 4
+    for frame in frames:
+        lines = frame.split("\n")
+        assert all(line.startswith(("event: ", "data: ")) for line in lines), frame
+        data = [line[6:] for line in lines if line.startswith("data: ")]
+        assert len(data) == 1
+        if data[0] != "[DONE]":
+            json.loads(data[0])
 
 
 def test_request_errors_before_the_stream_are_plain_4xx(fake_server: FakeServer) -> None:

@@ -237,7 +237,7 @@ class Frame:
 
 def sse_frames(text: str) -> list[Frame]:
     frames = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
+    for block in text.split("\n\n"):
         if not block.strip():
             continue
         event, data = None, []
