@@ -325,6 +325,8 @@ def to_ir(wire: ResponsesRequest, prior: list[Message]) -> Turn:
             top_k=wire.top_k,
             min_p=wire.min_p,
             repeat_penalty=wire.repeat_penalty,
+            presence_penalty=wire.presence_penalty,
+            frequency_penalty=wire.frequency_penalty,
             seed=wire.seed,
             max_tokens=wire.max_output_tokens,
             stop=stop,

@@ -16,6 +16,8 @@ NonNegInt = Annotated[int, Meta(ge=0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
+Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+TopLogprobs = Annotated[int, Meta(ge=0, le=20)]  # OpenAI's bound
 
 Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
@@ -160,6 +162,12 @@ class ResponsesRequest(Struct):
     background: bool | None = None
     conversation: str | dict[str, Any] | None = None
     max_tool_calls: PositiveInt | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    top_logprobs: TopLogprobs | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    service_tier: str | None = None
     # llama.cpp-style sampling knobs the OpenAI API lacks; the chat dialect accepts them too
     seed: int | None = None
     top_k: NonNegInt | None = None

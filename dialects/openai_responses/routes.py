@@ -84,6 +84,17 @@ def _echo(wire: ResponsesRequest, turn: Turn, defaults: SamplingDefaults) -> dic
         "truncation": wire.truncation or "disabled",
         "user": wire.user,
         "background": False,
+        # The rest of the current `Response` object (openai-python's `Response` model and the
+        # Open Responses spec): what this server did with each, not a placeholder.
+        "presence_penalty": wire.presence_penalty or 0.0,
+        "frequency_penalty": wire.frequency_penalty or 0.0,
+        "top_logprobs": wire.top_logprobs or 0,
+        "service_tier": "default",  # one local tier, whatever was asked
+        "safety_identifier": wire.safety_identifier,
+        "prompt_cache_key": wire.prompt_cache_key,
+        "prompt_cache_retention": None,
+        "prompt": None,
+        "conversation": None,
     }
 
 

@@ -380,3 +380,50 @@ def test_engine_errors_before_output_are_4xx(fake_server: FakeServer, stream: bo
     with pytest.raises(openai.BadRequestError) as caught:
         fake_server.openai().responses.create(model="m", input="long", stream=stream)
     assert caught.value.code == "context_length_exceeded"
+
+
+RESPONSE_FIELDS = {
+    # Every field of the current `Response` object that this server has a value for.
+    "presence_penalty",
+    "frequency_penalty",
+    "top_logprobs",
+    "service_tier",
+    "safety_identifier",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "prompt",
+    "conversation",
+    "background",
+    "completed_at",
+    "truncation",
+    "user",
+}
+
+
+def test_the_response_object_has_the_full_set_of_fields_streamed_or_not(fake_server: FakeServer) -> None:
+    fake_server.engine.enqueue("One.", "Two.")
+    client = fake_server.openai()
+    asked = {"top_logprobs": 3, "safety_identifier": "user-hash-1", "prompt_cache_key": "my-prefix"}
+    # The penalties are Open Responses fields the SDK has no parameter for.
+    penalties = {"presence_penalty": 0.5, "frequency_penalty": -0.25}
+    asked_all = {**asked, **penalties}
+    response = client.responses.create(model="m", input="hi", **asked, extra_body=penalties)  # type: ignore[call-overload]
+    raw = response.model_dump()
+    assert response.model_fields_set >= RESPONSE_FIELDS  # sent by the server, not SDK defaults
+    assert {k: raw[k] for k in asked_all} == asked_all
+    assert raw["service_tier"] == "default"
+    # The sampler got the penalties.
+    sampling = fake_server.engine.requests[-1].sampling
+    assert (sampling.presence_penalty, sampling.frequency_penalty) == (0.5, -0.25)
+
+    events = list(client.responses.create(model="m", input="hi", stream=True, **asked, extra_body=penalties))  # type: ignore[call-overload]
+    created = events[0]
+    assert created.type == "response.created"
+    assert created.response.model_fields_set >= RESPONSE_FIELDS
+    assert created.response.prompt_cache_key == "my-prefix"
+
+
+def test_top_logprobs_over_openai_limit_is_a_400(fake_server: FakeServer) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        fake_server.openai().responses.create(model="m", input="hi", top_logprobs=50)
+    assert "top_logprobs" in caught.value.message
