@@ -68,6 +68,16 @@ class ToolResult:
 
 
 @dataclass(frozen=True, slots=True)
+class PromptUsage:
+    """The prompt is in the KV cache: its size and how much of it was reused from cache.
+    The engine emits it once per generation, before any output (Anthropic's `message_start`
+    reports it; the totals come later in `Usage`)."""
+
+    prompt_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int
     completion_tokens: int

@@ -29,6 +29,7 @@ from runtime.events import (
     Completion,
     Event,
     Finished,
+    PromptUsage,
     ReasoningDelta,
     TextDelta,
     ToolCallDelta,
@@ -219,7 +220,7 @@ class BlockWriter:
         return frames
 
 
-def _message_start(meta: Meta) -> ServerSentEventMessage:
+def _message_start(meta: Meta, prompt: PromptUsage | None) -> ServerSentEventMessage:
     # Token counts are only known at the end; `message_delta` carries them all (the SDK takes
     # `input_tokens` and the cache fields from there when present).
     message = {
@@ -230,18 +231,23 @@ def _message_start(meta: Meta) -> ServerSentEventMessage:
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": {"input_tokens": 0, "output_tokens": 0},
+        "usage": usage_body(Usage(prompt.prompt_tokens, 0, prompt.cached_tokens) if prompt else Usage(0, 0)),
     }
     return frame({"type": "message_start", "message": message})
 
 
 async def render_stream(events: AsyncIterator[Event], meta: Meta) -> AsyncIterator[ServerSentEventMessage]:
-    yield _message_start(meta)
     blocks = BlockWriter()
     usage = Usage(0, 0)
     finish = Finished("stop")
+    started = False
     try:
         async for event in events:
+            if not started:
+                # Anthropic counts the prompt in `message_start` (Claude Code's context meter
+                # reads it there): the engine says it before any output.
+                started = True
+                yield _message_start(meta, event if isinstance(event, PromptUsage) else None)
             frames: list[ServerSentEventMessage] = []
             match event:
                 case TextDelta(text=text) if text:
@@ -267,8 +273,12 @@ async def render_stream(events: AsyncIterator[Event], meta: Meta) -> AsyncIterat
                 yield item
     except Exception as exc:
         # Headers are gone: Anthropic's `event: error` frame, which the SDK raises as an APIError.
+        if not started:
+            yield _message_start(meta, None)
         yield frame(error_body(as_toolstudio_error(exc)))
         return
+    if not started:
+        yield _message_start(meta, None)
     for item in blocks.finish():
         yield item
     delta = {

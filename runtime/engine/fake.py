@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from runtime.engine.base import EngineStats, ModelInfo
 from runtime.errors import ToolstudioError
-from runtime.events import Event, Finished, TextDelta, ToolCallEnd, Usage
+from runtime.events import Event, Finished, PromptUsage, TextDelta, ToolCallEnd, Usage
 from runtime.ir import ChatRequest
 
 Script = str | Sequence[Event] | ToolstudioError
@@ -64,6 +64,9 @@ class FakeEngine:
         if not any(isinstance(e, Finished) for e in events):
             calls = any(isinstance(e, ToolCallEnd) for e in events)
             events.append(Finished("tool_calls" if calls else "stop"))
+        if not any(isinstance(e, PromptUsage) for e in events):
+            usage = next(e for e in events if isinstance(e, Usage))
+            events.insert(0, PromptUsage(usage.prompt_tokens, usage.cached_tokens))
         self.active += 1
         try:
             for event in events:

@@ -25,7 +25,7 @@ from runtime.engine.template import IMAGE_PLACEHOLDER, ChatTemplate
 from runtime.engine.toolcalls import SnapshotParser, ToolCallParser, detect_format, format_named
 from runtime.engine.vision import MediaChunk, Projector
 from runtime.errors import ContextLengthExceeded, InvalidRequest, UnsupportedFeature
-from runtime.events import Event, Finished, ReasoningDelta, TextDelta, Usage
+from runtime.events import Event, Finished, PromptUsage, ReasoningDelta, TextDelta, Usage
 from runtime.ir import ChatRequest, ImagePart, ToolChoice, ToolSpec
 
 log = logging.getLogger(__name__)
@@ -317,6 +317,8 @@ class LlamaEngine:
             while True:
                 item = await queue.get()
                 if isinstance(item, Token):
+                    if not generated:
+                        yield PromptUsage(len(prepared.tokens), job.cached)
                     generated += 1
                     if budget is not None and splitter is not None and splitter.inside:
                         thinking += 1

@@ -67,6 +67,7 @@ class SequenceJob:
     # a thinking block whose budget is spent). The worker takes them at its next step.
     inject: list[int] | None = None
     cancelled: bool = False  # set by the requester; read by the worker every step
+    cached: int = 0  # prompt tokens reused from cache; set by the worker at admission, before any Token
     submitted_at: float = field(default_factory=time.monotonic)
 
 
@@ -207,6 +208,7 @@ class Scheduler:
             slot.tokens = job.prompt[:keep]
             slot.todo = job.prompt[keep:]
             slot.job, slot.cached, slot.generated, slot.next_token = job, keep, 0, None
+            job.cached = keep
             slot.scope = job.scope
 
     @staticmethod

@@ -129,6 +129,21 @@ def test_stream_matches_non_stream(claude: anthropic.Anthropic) -> None:
     )
 
 
+def test_message_start_reports_the_real_prompt_and_cache_read(claude: anthropic.Anthropic) -> None:
+    messages: Any = [{"role": "user", "content": "Count the prompt for message_start, please."}]
+    counted = claude.messages.count_tokens(model="m", messages=messages).input_tokens
+    starts = []
+    for _ in range(2):  # the second time, the prompt comes from the slot's KV cache
+        with claude.messages.stream(model="m", max_tokens=3, messages=messages) as stream:
+            events = list(stream)
+        assert events[0].type == "message_start"
+        starts.append(events[0].message.usage)
+    for usage in starts:
+        assert usage.input_tokens + (usage.cache_read_input_tokens or 0) == counted
+    assert starts[0].input_tokens > 0
+    assert (starts[1].cache_read_input_tokens or 0) > 0
+
+
 def test_max_tokens_and_stop_sequences(claude: anthropic.Anthropic) -> None:
     short = claude.messages.create(model="m", max_tokens=3, messages=PARIS, extra_body=GREEDY)
     assert short.stop_reason == "max_tokens" and short.usage.output_tokens == 3

@@ -14,6 +14,7 @@ from runtime.errors import ContextLengthExceeded, EngineFailure, Overloaded
 from runtime.events import (
     Event,
     Finished,
+    PromptUsage,
     ReasoningDelta,
     TextDelta,
     ToolCallDelta,
@@ -86,6 +87,16 @@ def test_cached_tokens_are_apart_from_input_tokens(fake_server: FakeServer) -> N
     assert (usage.input_tokens, usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (40, 60, 0)
     with client.messages.stream(model="m", max_tokens=5, messages=HI) as stream:
         assert stream.get_final_message().usage == usage
+
+
+def test_message_start_counts_the_prompt(fake_server: FakeServer) -> None:
+    # Claude Code's context meter reads the prompt size from `message_start`, not the end.
+    script = [PromptUsage(100, 60), TextDelta("x"), Usage(prompt_tokens=100, completion_tokens=1, cached_tokens=60)]
+    fake_server.engine.enqueue(script)
+    frames = sse_frames(fake_server, {"model": "m", "max_tokens": 9, "messages": HI})
+    assert frames[0][0] == "message_start"
+    usage = frames[0][1]["message"]["usage"]
+    assert (usage["input_tokens"], usage["cache_read_input_tokens"], usage["output_tokens"]) == (40, 60, 0)
 
 
 def test_stream_text_and_final_message(fake_server: FakeServer) -> None:
