@@ -152,19 +152,22 @@ class LlamaEngine:
 
     def render(self, request: ChatRequest) -> str:
         tools = self.prompt_tools(request)
-        # Every format rewrites the history (templates without tool support cannot render
-        # calls and results); only native formats hand the tools to the template itself.
-        messages = self.tool_format.prepare_messages(request.messages, tools)
-        native_tools = tools if tools and self.tool_format.native else None
+        # Native formats hand tools, earlier calls and results to the template itself (a few
+        # reshape them the way their template reads them); the generic format rewrites the
+        # history, since templates without tool support cannot render calls and results.
+        fmt = self.tool_format
+        messages = fmt.prepare_messages(request.messages, tools)
+        native_tools = tools if tools and fmt.native else None
         marker = self.projector.marker if self.projector is not None else IMAGE_PLACEHOLDER
         prompt = self.template.render(
             messages,
             tools=native_tools,
             image_marker=marker,
-            string_arguments=self.tool_format.string_arguments,
+            string_arguments=fmt.string_arguments,
+            transform=lambda dicts: fmt.template_messages(dicts, self.template.source),
             **self.template_kwargs(request),
         )
-        return prompt + request.prefill
+        return fmt.finish_prompt(prompt) + request.prefill
 
     def template_kwargs(self, request: ChatRequest) -> dict[str, Any]:
         """The request's own template variables, plus the thinking switch: the request's
@@ -242,7 +245,7 @@ class LlamaEngine:
             parser = fmt.parser(tools, request.tool_choice, request.parallel_tool_calls)
             constraint = OutputConstraint(calls.gbnf, calls.triggers, parser)
         elif response is not None:
-            grammar = (
+            grammar = self.tool_format.answer_grammar(response, out.strict) or (
                 json_object_grammar() if out.kind == "json_object" else schema_grammar(response, strict=out.strict)
             )
             constraint = OutputConstraint(grammar, parser=self._channel_parser(request.calls_forbidden))

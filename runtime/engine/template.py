@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -64,12 +65,15 @@ class ChatTemplate:
         add_generation_prompt: bool = True,
         image_marker: str = IMAGE_PLACEHOLDER,
         string_arguments: bool = False,
+        transform: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
         **kwargs: Any,
     ) -> str:
         """The prompt text. `string_arguments`: earlier calls' arguments reach the template
-        as JSON text (templates that print them as they are), not as an object."""
+        as JSON text (templates that print them as they are), not as an object; `transform`
+        reshapes the message dicts for a family's template (`ToolFormat.template_messages`)."""
+        dicts = [message_to_template(m, image_marker, string_arguments) for m in messages]
         variables: dict[str, Any] = {
-            "messages": [message_to_template(m, image_marker, string_arguments) for m in messages],
+            "messages": transform(dicts) if transform is not None else dicts,
             "add_generation_prompt": add_generation_prompt,
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,

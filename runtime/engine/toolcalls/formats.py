@@ -1,7 +1,7 @@
 """Tool-call formats: how tools reach the prompt, which grammar constrains a call, how the
 output is parsed. One class per family; `registry.detect_format` picks one from the chat template.
 
-Native formats (Hermes/Qwen, Llama 3, Mistral) render tools through the template's own
+Native formats (Hermes/Qwen, Llama 3, Mistral in mistral.py) render tools through the template's own
 `tools` variable and parse what the family was trained to write. Templates without tool
 support get the generic format: a system-prompt block describing the tools, and calls as
 one JSON envelope `{"tool_calls": [{"name": ..., "arguments": {...}}]}` that the grammar
@@ -10,7 +10,6 @@ writes with fixed keys and spacing, so a tiny model only has to fill in the argu
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -60,6 +59,20 @@ class ToolFormat:
     def prepare_messages(self, messages: list[Message], tools: list[ToolSpec]) -> list[Message]:
         """The conversation as this format's template should see it."""
         return messages
+
+    def template_messages(self, messages: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+        """The message dicts handed to the template (after the IR -> template conversion),
+        for templates that read history in a family-specific shape."""
+        return messages
+
+    def finish_prompt(self, prompt: str) -> str:
+        """The rendered prompt, completed where the family's template leaves it unfinished."""
+        return prompt
+
+    def answer_grammar(self, response: dict[str, Any], strict: bool) -> str | None:
+        """With a JSON response format and no tools: the grammar of the whole output, for
+        families whose answer sits inside channel markup. None: the plain schema grammar."""
+        return None
 
     def template_kwargs(self, request: ChatRequest) -> dict[str, Any]:
         """Extra template variables this family's template reads (e.g. `reasoning_effort`)."""
@@ -170,59 +183,71 @@ class HermesFormat(JsonCallsFormat):
         return f'"<tool_call>" "\\n"? {calls} "\\n"? "</tool_call>"'
 
 
-class MistralFormat(JsonCallsFormat):
-    """Mistral v0.3 / Nemo: `[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]`."""
-
-    name = "mistral"
-    parser_class = parsers.MistralParser
-
-    @classmethod
-    def detect(cls, template_source: str) -> bool:
-        return "[TOOL_CALLS]" in template_source
-
-    triggers = (GrammarTrigger("[TOOL_CALLS]"),)
-
-    def section(self, b: GrammarBuilder, calls: str) -> str:
-        return f'"[TOOL_CALLS]" " "? "[" {calls} "]"'
-
-    def prepare_messages(self, messages: list[Message], tools: list[ToolSpec]) -> list[Message]:
-        # Mistral templates insist on 9-character alphanumeric call ids.
-        out = []
-        for m in messages:
-            parts = []
-            for p in m.parts:
-                if isinstance(p, ToolCallPart):
-                    p = ToolCallPart(mistral_id(p.id), p.name, p.arguments)
-                elif isinstance(p, ToolResultPart):
-                    p = ToolResultPart(mistral_id(p.call_id), p.content, p.is_error, p.name)
-                parts.append(p)
-            out.append(Message(m.role, parts))
-        return out
-
-
-def mistral_id(call_id: str) -> str:
-    if len(call_id) == 9 and call_id.isalnum():
-        return call_id
-    return hashlib.sha256(call_id.encode()).hexdigest()[:9]
-
-
 class Llama3Format(JsonCallsFormat):
-    """Llama 3.1-3.3: the message is `{"name": ..., "parameters": {...}}` (or after `<|python_tag|>`)."""
+    """Llama 3.1-3.3: the message is `{"name": ..., "parameters": {...}}` (or after `<|python_tag|>`).
+
+    One call per message: Meta's templates (models/templates/meta-llama-Llama-3.*.jinja)
+    raise "This model only supports single tool-calls at once!" on an assistant message with
+    two, which llama.cpp reads as no parallel calls (common/jinja/caps.cpp). So the grammar
+    writes one call, and an earlier message with several is split into one call each, every
+    call followed by its result. Results go to the template as `tool` messages, which it
+    writes under the `ipython` header.
+    """
 
     name = "llama3"
     parser_class = parsers.Llama3Parser
 
     @classmethod
     def detect(cls, template_source: str) -> bool:
+        # The call as Meta's templates write it (`{"name": "...", "parameters": ...}` inside
+        # Llama 3 headers) or its `<|python_tag|>`; Functionary v3.1 has the tag too but
+        # writes `<function=name>` calls (llama.cpp checked it before Llama 3.x).
         src = template_source
-        return "<|python_tag|>" in src or ("<|start_header_id|>" in src and '"parameters"' in src)
+        llama = "<|python_tag|>" in src or ("<|start_header_id|>" in src and '"parameters"' in src)
+        return llama and "<function=" not in src
 
     triggers = (GrammarTrigger("{", at_start=True), GrammarTrigger("<|python_tag|>"))
     args_key = "parameters"
     separator = '";" " "?'
 
+    def calls_rule(self, b: GrammarBuilder, tools: list[ToolSpec], single: bool) -> str:
+        return super().calls_rule(b, tools, True)
+
     def section(self, b: GrammarBuilder, calls: str) -> str:
         return f'"<|python_tag|>"? {calls}'
+
+    def prepare_messages(self, messages: list[Message], tools: list[ToolSpec]) -> list[Message]:
+        return one_call_per_message(messages)
+
+
+def one_call_per_message(messages: list[Message]) -> list[Message]:
+    """Assistant messages with several calls become one message per call, each followed by
+    the `tool` messages answering it (results answering none keep their place at the end)."""
+    out: list[Message] = []
+    i = 0
+    while i < len(messages):
+        message = messages[i]
+        calls = [p for p in message.parts if isinstance(p, ToolCallPart)]
+        i += 1
+        if message.role != "assistant" or len(calls) < 2:
+            out.append(message)
+            continue
+        results: list[Message] = []
+        while i < len(messages) and messages[i].role == "tool":
+            results.append(messages[i])
+            i += 1
+        others = [p for p in message.parts if not isinstance(p, ToolCallPart)]
+        for n, call in enumerate(calls):
+            out.append(Message("assistant", [*(others if n == 0 else []), call]))
+            answers = [r for r in results if _answers(r, call.id)]
+            out += answers
+            results = [r for r in results if not any(r is a for a in answers)]
+        out += results
+    return out
+
+
+def _answers(message: Message, call_id: str) -> bool:
+    return any(isinstance(p, ToolResultPart) and p.call_id == call_id for p in message.parts)
 
 
 class GenericFormat(JsonCallsFormat):
