@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import socket
 import sys
@@ -86,7 +87,11 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     run.add_argument("--min-p", type=float, default=0.05)
     run.add_argument("--repeat-penalty", type=float, default=1.0)
     tools = run.add_argument_group("server-side tools")
-    tools.add_argument("--enable-tools", action="store_true", help="requests that don't say get server tools")
+    tools.add_argument(
+        "--enable-tools",
+        action="store_true",
+        help="give the server tools to requests that do not say enable_tools themselves",
+    )
     tools.add_argument("--max-tool-iterations", type=positive, default=8, help="tool rounds per request")
     tools.add_argument("--tool-timeout", type=float, default=60.0, help="seconds per tool call")
     tools.add_argument("--max-sessions", type=positive, default=32, help="live tool sessions (oldest idle evicted)")
@@ -111,6 +116,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toolstudio", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {importlib.metadata.version('toolstudio')}")
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     keys = sub.add_parser("keys", help="manage API keys")
@@ -131,7 +137,11 @@ def fail(message: str) -> int:
 
 
 def _keys(args: argparse.Namespace, data_dir: Path) -> int:
-    store = KeyStore(data_dir / "keys.sqlite3")
+    path = data_dir / "keys.sqlite3"
+    if args.keys_command != "create" and not path.is_file():
+        # Never create an empty database for a mistyped --data-dir.
+        return fail(f"no keys database at {path} (wrong --data-dir or TOOLSTUDIO_HOME?); create a key first")
+    store = KeyStore(path)
     try:
         if args.keys_command == "create":
             _, key = store.create(args.name)

@@ -94,10 +94,17 @@ class KeyStore:
     def create(self, name: str | None = None) -> tuple[KeyRecord, str]:
         key = new_key()
         now = time.time()
+        if name is not None and not name.strip():
+            raise KeyStoreError("a key name cannot be empty")
         with self._lock, _database(self.path):
             if name is None:
                 (count,) = self._db.execute("SELECT COUNT(*) FROM api_keys").fetchone()
                 name = f"key-{count + 1}"
+            # A revoked key gives its name up (it keeps a marked one in `keys list`).
+            self._db.execute(
+                "UPDATE api_keys SET name = name || ' (revoked #' || id || ')' WHERE name = ? AND revoked IS NOT NULL",
+                (name,),
+            )
             try:
                 cur = self._db.execute(
                     "INSERT INTO api_keys (name, prefix, digest, created) VALUES (?, ?, ?, ?)",

@@ -20,6 +20,22 @@ def test_keys_create_prints_only_the_key(tmp_path: Path) -> None:
     assert "ci" in listing and done.stdout.strip() not in listing
 
 
+def test_listing_or_revoking_in_a_mistyped_data_dir_creates_nothing(tmp_path: Path) -> None:
+    typo = tmp_path / "no-such-home"
+    for command in (("keys", "list"), ("keys", "revoke", "ci")):
+        done = cli(*command, "--data-dir", str(typo), home=tmp_path)
+        assert done.returncode == 1 and "no keys database" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    assert not typo.exists()
+
+
+def test_version_and_help_text(tmp_path: Path) -> None:
+    done = cli("--version", home=tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith("toolstudio ")
+    helped = cli("run", "--help", home=tmp_path).stdout
+    assert "enable_tools" in " ".join(helped.split())
+
+
 def test_taken_port_is_a_one_line_error(tmp_path: Path) -> None:
     port = free_port()
     with socket.socket() as holder:

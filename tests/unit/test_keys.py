@@ -50,6 +50,23 @@ def test_duplicate_names_are_refused(store: KeyStore) -> None:
         store.create("same")
 
 
+@pytest.mark.parametrize("name", ["", "   "])
+def test_empty_names_are_refused(store: KeyStore, name: str) -> None:
+    with pytest.raises(KeyStoreError, match="empty"):
+        store.create(name)
+    assert store.list() == []
+
+
+def test_a_revoked_keys_name_can_be_reused(store: KeyStore) -> None:
+    _, old = store.create("ci")
+    store.revoke("ci")
+    _, new = store.create("ci")
+    assert store.verify(new) is not None and store.verify(old) is None
+    names = {r.name: r.revoked is not None for r in store.list()}
+    assert names["ci"] is False
+    assert [revoked for name, revoked in names.items() if name != "ci"] == [True]  # the old one, renamed
+
+
 def test_last_used_is_recorded(store: KeyStore) -> None:
     _, key = store.create()
     assert store.list()[0].last_used is None
