@@ -171,15 +171,14 @@ class LlamaEngine:
 
     def template_kwargs(self, request: ChatRequest) -> dict[str, Any]:
         """The request's own template variables, plus the thinking switch: the request's
-        choice, else the server's `--reasoning` default, else whatever the template does."""
+        choice, else the server's `--reasoning` default, else on (as llama.cpp does: some
+        templates, QwQ's, close the thinking block when the switch is merely undefined)."""
         kwargs = {**self.tool_format.template_kwargs(request), **request.template_kwargs}
         if request.reasoning_effort and "reasoning_effort" in self.template.source:
             kwargs.setdefault("reasoning_effort", request.reasoning_effort)
         if self.template.supports_thinking_switch and "enable_thinking" not in kwargs:
-            default = {"on": True, "off": False}.get(self.config.reasoning)
-            enabled = request.reasoning if request.reasoning is not None else default
-            if enabled is not None:
-                kwargs["enable_thinking"] = enabled
+            default = self.config.reasoning != "off"
+            kwargs["enable_thinking"] = request.reasoning if request.reasoning is not None else default
         return kwargs
 
     def tokenize_prompt(self, prompt: str, request: ChatRequest) -> tuple[list[int], list[MediaChunk]]:

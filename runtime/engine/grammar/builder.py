@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from llama_cpp.llama_grammar import INVALID_RULE_CHARS_RE
+
 from runtime.engine.grammar.converter import Converter
 from runtime.engine.grammar.gbnf import excluding
 from runtime.engine.grammar.normaliser import Normaliser
@@ -28,6 +30,7 @@ class GrammarBuilder:
 
     def excluding(self, stop: str, name: str) -> str:
         """Add rules for any text without `stop` in it (see `gbnf.excluding`); returns the top rule."""
+        name = INVALID_RULE_CHARS_RE.sub("-", name)  # rule names: letters, digits and "-"
         base, i = name, 1
         while f"{name}-0" in self._converter._rules:
             i += 1
