@@ -55,9 +55,13 @@ async def run_session_tool(
     utf8_error(body)  # as `decode_body` words it for every other endpoint
     arguments = body.decode("utf-8").strip() or "{}"
     try:
-        json.loads(arguments)
+        parsed = json.loads(arguments)
     except (ValueError, RecursionError) as exc:
         raise InvalidRequest(f"the body must be the tool's JSON arguments: {type(exc).__name__}") from exc
+    # The caller here is a program, not a model: arguments that break the tool's schema are
+    # its mistake, a 400 naming the argument, not a tool result to read.
+    if problem := runtime.tools.validate_arguments(tool, parsed):
+        raise InvalidRequest(problem, param=name)
 
     async def run() -> dict[str, Any]:
         async with runtime.open_session(api_key_of(request), session_id) as session:

@@ -207,8 +207,12 @@ def test_session_tool_endpoint(agent: FakeServer) -> None:
     url = f"{agent.base_url}/v1/sessions/nb/tools/add"
     ok = httpx.post(url, json={"a": 2, "b": 40}, headers=headers).json()
     assert (ok["output"], ok["is_error"]) == ("42", False)
-    bad = httpx.post(url, json={"a": "x"}, headers=headers).json()
-    assert bad["is_error"] is True
+    bad = httpx.post(url, json={"a": "x", "b": 1}, headers=headers)
+    # A program called the tool with arguments against its schema: a 400 naming the argument.
+    assert bad.status_code == 400, bad.text
+    assert bad.json()["error"]["type"] == "invalid_request_error" and "$.a" in bad.json()["error"]["message"]
+    missing_arg = httpx.post(url, json={"a": 1}, headers=headers)
+    assert missing_arg.status_code == 400 and "'b'" in missing_arg.json()["error"]["message"]
     missing = httpx.post(f"{agent.base_url}/v1/sessions/nb/tools/nope", json={}, headers=headers)
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
     deleted = httpx.delete(f"{agent.base_url}/v1/sessions/nb", headers=headers)
