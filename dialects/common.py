@@ -101,5 +101,5 @@ def server_tools(
         enabled=enable,
         names=list(names or []),
         session_id=session_id,
-        max_iterations=max_calls,
+        max_calls=max_calls,
     )

@@ -88,10 +88,14 @@ async def run_agent(
 ) -> AsyncIterator[Event]:
     server = {t.name: t for t in tools}
     current = with_server_tools(request, tools)
-    cap = min(request.server_tools.max_iterations or limits.max_iterations, limits.max_iterations)
+    cap = limits.max_iterations
+    # OpenAI's `max_tool_calls`: calls, not rounds. Calls past it are not run; the model is
+    # told so in their results, and the next round is the last one.
+    budget = request.server_tools.max_calls
     usage = _UsageSum()
     for iteration in range(cap + 1):
-        if iteration == cap:
+        if iteration == cap or budget == 0:
+            iteration = cap
             # Out of rounds: one last generation without server tools, so the model answers.
             current = dataclasses.replace(
                 current,
@@ -115,8 +119,15 @@ async def run_agent(
             return
         results: list[ToolResult] = []
         for call in turn.server_calls:
-            yield ToolRunStart(call.id, call.name, call.arguments)
-            result = await _run_tool(server[call.name], call, registry, session, limits)
+            if budget is not None and budget <= 0:
+                limit = request.server_tools.max_calls
+                text = f"not run: this request allows at most {limit} tool call{'s' * (limit != 1)} (max_tool_calls)"
+                result = ToolResult(call.id, call.name, call.arguments, text, is_error=True)
+            else:
+                if budget is not None:
+                    budget -= 1
+                yield ToolRunStart(call.id, call.name, call.arguments)
+                result = await _run_tool(server[call.name], call, registry, session, limits)
             results.append(result)
             yield result
         # A forced call has been made; from now on the model must be free to answer in text.

@@ -110,7 +110,7 @@ class ServerTools:
     enabled: bool | None = None  # None: the request did not say (the server default applies)
     names: list[str] = field(default_factory=list)
     session_id: str | None = None
-    max_iterations: int | None = None
+    max_calls: int | None = None  # server tool calls per request (OpenAI's `max_tool_calls`), not rounds
 
 
 @dataclass(slots=True)

@@ -181,6 +181,24 @@ def test_chat_request_cap_is_honoured(agent: FakeServer) -> None:
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Done."
 
 
+@pytest.mark.parametrize("dialect", ["chat", "responses"])
+def test_max_tool_calls_counts_calls_not_rounds(agent: FakeServer, dialect: str) -> None:
+    # One message with four parallel calls, then another round's call: with a limit of 2,
+    # two run, the other two come back as "not run" results, and the next round is the last.
+    four = [e for i in range(4) for e in call("add", f'{{"a": {i}, "b": 1}}', f"call_{i}", i)]
+    agent.engine.enqueue(four, call("add", '{"a": 9, "b": 9}', "call_9"), "Done.")
+    if dialect == "chat":
+        chunks = chat_stream(agent, extra_body={**server_tools("add"), "max_tool_calls_per_message": 2})
+        results = tool_results(chunks)
+    else:
+        body = agent.openai().responses.create(model="m", input="hi", max_tool_calls=2, extra_body=server_tools("add"))
+        results = body.model_extra["tool_results"]
+    assert [(r["output"], r["is_error"]) for r in results][:2] == [("1", False), ("2", False)]
+    assert [r["is_error"] for r in results[2:]] == [True, True] and "max_tool_calls" in results[2]["output"]
+    assert len(agent.engine.requests) == 2  # the limit was reached: the second generation was the last
+    assert agent.engine.requests[-1].tools == []
+
+
 def test_unknown_server_tool_is_a_400(agent: FakeServer) -> None:
     import openai
 
