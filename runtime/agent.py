@@ -205,13 +205,27 @@ async def execute_tool(
         async with session.lock:
             if session.closed:  # deleted while this request waited for the lock
                 return ToolOutput("the tool session was deleted; nothing ran", is_error=True)
-            output = await asyncio.wait_for(tool.run(parsed, context), timeout + 5.0)
+            session.running = asyncio.ensure_future(asyncio.wait_for(tool.run(parsed, context), timeout + 5.0))
+            try:
+                output = await session.running
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # this request itself is being cancelled (client gone, shutdown)
+                output = ToolOutput(f"{tool.name} was stopped: its session was deleted while it ran", is_error=True)
+            finally:
+                session.running = None
     except TimeoutError:
         output = ToolOutput(f"{tool.name} did not finish within {timeout:.0f} s and was stopped", is_error=True)
     except Exception as exc:  # a broken plugin must not fail the request
         log.exception("tool %s failed", tool.name)
         output = ToolOutput(f"{tool.name} failed: {type(exc).__name__}: {exc}", is_error=True)
-    log.info("tool %s ran in %.3f s (error=%s)", tool.name, time.monotonic() - started, output.is_error)
+    elapsed = time.monotonic() - started
+    if output.is_error:  # say why, so an operator can tell a limit from a bug
+        reason = output.text.strip().splitlines()[-1][:200] if output.text.strip() else "no output"
+        log.info("tool %s failed after %.3f s: %s", tool.name, elapsed, reason)
+    else:
+        log.info("tool %s ran in %.3f s", tool.name, elapsed)
     return output
 
 

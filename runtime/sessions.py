@@ -47,6 +47,15 @@ class Session:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     _users: int = field(default=0, init=False, repr=False)  # requests between get() and release()
     _closed: bool = field(default=False, init=False, repr=False)
+    running: asyncio.Task[Any] | None = field(default=None, init=False, repr=False)  # the tool call now running
+
+    def cancel_running(self) -> None:
+        """Stop the tool call running in this session (the session is going away): its task
+        is cancelled, which kills a bash process group and interrupts the Python kernel."""
+        self._closed = True
+        if self.running is not None and not self.running.done():
+            log.info("session %s: cancelling the running tool call", self.session_id)
+            self.running.cancel()
 
     def add_cleanup(self, cleanup: Callable[[], Awaitable[None]]) -> None:
         """Run `cleanup` when the session closes (e.g. shut a kernel down)."""
@@ -208,7 +217,8 @@ class SessionManager:
     async def delete(self, key_id: str, session_id: str) -> bool:
         """Close the session and remove its workspace; False if this key has no such session.
 
-        Waits for a tool running in it to finish; a request still holding it sees `closed`.
+        A tool call running in it is cancelled (its result says so); a request still holding
+        the session sees `closed`.
         """
         session = self._sessions.pop((key_id, session_id), None)
         if session is None:
@@ -247,6 +257,7 @@ class SessionManager:
         key = (session.key_id, session.session_id)
         # Registered before the first await, so `live_count` never drops while it closes.
         done = self._closing[key] = asyncio.Event()
+        session.cancel_running()
         try:
             async with session.lock:
                 await _dispose(session)

@@ -251,3 +251,34 @@ def _processes_mentioning(text: str) -> list[str]:
         except OSError:
             continue
     return found
+
+
+@pytest.mark.parametrize("tool_name", ["python", "bash"])
+async def test_deleting_a_session_stops_its_running_call_at_once(tmp_path: Path, tool_name: str) -> None:
+    from runtime.agent import execute_tool
+    from runtime.plugins import load_plugins
+    from runtime.sessions import SessionManager
+
+    registry = load_plugins([], load_entry_points=False, search_provider=None)
+    tool = registry.get(tool_name)
+    assert tool is not None
+    arguments = '{"code": "import time\\nprint(1, flush=True)\\ntime.sleep(40)"}'
+    if tool_name == "bash":
+        arguments = '{"command": "echo 1; sleep 40"}'
+    async with SessionManager(tmp_path / "sessions", idle_seconds=600, max_sessions=4) as manager:
+        async with manager.session("key", "long") as session:
+            if tool_name == "python":  # start the kernel first: what is measured is the cancel
+                assert not (await execute_tool(tool, '{"code": "1"}', registry, session, 60)).is_error
+            call = asyncio.ensure_future(execute_tool(tool, arguments, registry, session, 60))
+            await asyncio.sleep(1.5)
+            assert not call.done()
+            started = time.monotonic()
+            assert await manager.delete("key", "long")
+            deleted_in = time.monotonic() - started
+            output = await asyncio.wait_for(call, 5)
+        assert deleted_in < 1.0, deleted_in
+        assert output.is_error and "deleted" in output.text
+        assert not session.workspace.exists()
+        if tool_name == "bash":
+            await asyncio.sleep(0.5)
+            assert not _processes_mentioning("sleep 40")

@@ -171,15 +171,15 @@ async def test_delete_closes_and_removes_the_workspace(manager: SessionManager) 
     assert not await manager.delete("key", "s")
 
 
-async def test_delete_waits_for_a_running_tool_and_a_new_session_waits_for_the_delete(
+async def test_delete_marks_closed_at_once_and_a_new_session_waits_for_the_delete(
     manager: SessionManager,
 ) -> None:
     session = await manager.get("key", "s")
-    await session.lock.acquire()  # a tool is running
+    await session.lock.acquire()  # something holds the session (a running call is cancelled: test_python_tool)
     deleting = asyncio.create_task(manager.delete("key", "s"))
     await asyncio.sleep(0.05)
     assert not deleting.done()
-    assert not session.closed
+    assert session.closed  # no new call starts in it
     reopening = asyncio.create_task(manager.get("key", "s"))
     await asyncio.sleep(0.05)
     assert not reopening.done()  # else the delete would remove the new session's workspace
