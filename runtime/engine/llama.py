@@ -15,7 +15,7 @@ from typing import Any
 
 from runtime.config import EngineConfig, SamplingDefaults
 from runtime.engine.base import EngineStats, ModelInfo
-from runtime.engine.grammar import json_object_grammar, schema_grammar
+from runtime.engine.grammar import after_thinking, json_object_grammar, schema_grammar
 from runtime.engine.model import LlamaModel
 from runtime.engine.reasoning import ReasoningSplitter, starts_thinking, tags_for_template
 from runtime.engine.sampler import GrammarMatcher, GrammarTrigger, SamplerParams
@@ -193,8 +193,9 @@ class LlamaEngine:
         return len(tokens)
 
     def _prepare(self, request: ChatRequest) -> PreparedPrompt:
-        constraint = self.constraint(request)
         prompt = self.render(request)
+        thinking_open = self.thinking_tags is not None and starts_thinking(prompt, self.thinking_tags)
+        constraint = self.constraint(request, thinking_open=thinking_open)
         tokens, media = self.tokenize_prompt(prompt, request)
         if len(tokens) >= self.ctx_size:
             raise ContextLengthExceeded(
@@ -218,12 +219,16 @@ class LlamaEngine:
             grammar_triggers=constraint.triggers,
             thinking_close=self.thinking_tags.close if self.thinking_tags is not None else None,
         )
-        thinking_open = self.thinking_tags is not None and starts_thinking(prompt, self.thinking_tags)
         max_tokens = min(wanted, room) if wanted else room
         return PreparedPrompt(tokens, params, max_tokens, constraint.parser, thinking_open, tuple(media))
 
-    def constraint(self, request: ChatRequest) -> OutputConstraint:
-        """The grammar (and tool-call parser) a request's tools and response format ask for."""
+    def constraint(self, request: ChatRequest, *, thinking_open: bool = False) -> OutputConstraint:
+        """The grammar (and tool-call parser) a request's tools and response format ask for.
+
+        `thinking_open`: the prompt left the model inside a thinking block. A grammar that
+        applies from the first token (a forced call, a response format) then lets the model
+        finish its thinking first, and lets a thinking model open a block of its own.
+        """
         out = request.output_format
         if request.prefill and (out.kind != "text" or request.tool_choice.mode in ("required", "function")):
             # The grammar describes the whole reply, and the prefill would already be part of it.
@@ -252,6 +257,11 @@ class LlamaEngine:
             constraint = OutputConstraint(self.tool_format.no_calls_grammar(), parser=self._channel_parser(True))
         else:
             return OutputConstraint(parser=self._channel_parser())
+        tags = self.thinking_tags
+        eager = bool(constraint.grammar) and not constraint.triggers and not request.calls_forbidden
+        if eager and tags is not None and (request.reasoning is not False or thinking_open):
+            grammar = after_thinking(constraint.grammar or "", tags.open, tags.close, opened=thinking_open)
+            constraint = dataclasses.replace(constraint, grammar=grammar)
         if constraint.grammar:
             # Compile once here (microseconds) so a bad grammar fails the request up front,
             # never inside the decode thread when a lazy grammar triggers.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import anthropic
+import jsonschema
 import openai
 import pytest
 
@@ -38,7 +40,9 @@ def rendered(reasoning: str, request_choice: bool | None) -> str:
 def test_reasoning_off_really_changes_the_prompt() -> None:
     assert rendered("off", None).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert rendered("on", None).endswith("<|im_start|>assistant\n<think>\n")
-    assert rendered("auto", None).endswith("<|im_start|>assistant\n")
+    # auto: on wherever the template has the switch, as llama-server does (QwQ's template
+    # closes the block when `enable_thinking` is merely undefined).
+    assert rendered("auto", None).endswith("<|im_start|>assistant\n<think>\n")
     assert rendered("on", False).endswith("</think>\n\n")  # the request's choice wins
 
 
@@ -126,3 +130,44 @@ def test_anthropic_thinking_budget_closes_the_block(thinking_server: tuple[CliSe
         messages=[{"role": "user", "content": "x" + thinking.thinking}],  # type: ignore[union-attr]
     ).input_tokens
     assert 12 - 2 <= spent - base <= 12 + 4
+
+
+def test_structured_output_and_forced_calls_come_after_the_thinking_block(
+    thinking_server: tuple[CliServer, str],
+) -> None:
+    # The prompt opens `<think>`: a grammar that applied from the first token would make the
+    # model write its JSON inside the thinking block (and the answer would come back empty).
+    server, key = thinking_server
+    claude = anthropic.Anthropic(base_url=server.base_url, api_key=key, max_retries=0)
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer"}},
+        "required": ["n"],
+        "additionalProperties": False,
+    }
+    message = claude.messages.create(
+        model="m",
+        max_tokens=80,
+        messages=[{"role": "user", "content": "Pick a number. Answer in JSON."}],
+        thinking={"type": "enabled", "budget_tokens": 8},
+        output_config={"format": {"type": "json_schema", "schema": schema}},
+    )
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    jsonschema.validate(json.loads(message.content[1].text), schema)  # type: ignore[union-attr]
+
+    weather = {
+        "name": "get_weather",
+        "description": "Weather for a city.",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+    called = claude.messages.create(
+        model="m",
+        max_tokens=80,
+        messages=[{"role": "user", "content": "Weather in Rome?"}],
+        thinking={"type": "enabled", "budget_tokens": 8},
+        tools=[weather],
+        tool_choice={"type": "any"},
+    )
+    assert called.content[0].type == "thinking"
+    assert called.content[-1].type == "tool_use" and called.stop_reason == "tool_use"
+    assert "city" in called.content[-1].input  # type: ignore[union-attr]

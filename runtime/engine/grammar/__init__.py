@@ -26,7 +26,7 @@ from runtime.engine.grammar.api import json_object_grammar, schema_grammar
 from runtime.engine.grammar.builder import GrammarBuilder
 from runtime.engine.grammar.caching import GrammarCache, cache, canonical
 from runtime.engine.grammar.converter import JSON_CHAR, Converter
-from runtime.engine.grammar.gbnf import char_class, excluding, literal
+from runtime.engine.grammar.gbnf import after_thinking, char_class, excluding, literal
 from runtime.engine.grammar.normaliser import ANNOTATIONS, KNOWN_FORMATS, REJECTED, SUPPORTED, TYPES, Normaliser
 from runtime.engine.grammar.numeric import MAX_DIGITS, number_range
 from runtime.engine.grammar.patterns import pattern_to_gbnf
@@ -43,6 +43,7 @@ __all__ = [
     "GrammarBuilder",
     "GrammarCache",
     "Normaliser",
+    "after_thinking",
     "cache",
     "canonical",
     "char_class",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 
 def literal(text: str) -> str:
@@ -58,3 +59,21 @@ def excluding(stop: str, name: str) -> tuple[str, dict[str, str]]:
         alternatives += [f"{literal(ch)} {name}-{t}" for ch, t in targets.items() if 0 < t < n]
         rules[f"{name}-{state}"] = f"( {' | '.join(alternatives)} )?"
     return f"{name}-0", rules
+
+
+def after_thinking(gbnf: str, open_tag: str, close_tag: str, *, opened: bool) -> str:
+    """`gbnf` preceded by a thinking block: the model may think first (it must finish the
+    block if the prompt already `opened` it), then writes what `gbnf` describes.
+
+    Without this a forced grammar would start at the first token, so a thinking model
+    would have to write its answer (or call) inside the thinking block.
+    """
+    top, rules = excluding(close_tag, "thinking-text")
+    block = f"{top} {literal(close_tag)} [ \\t\\n]*"
+    if not opened:
+        block = f"({literal(open_tag)} {block})?"
+    renamed, count = re.subn(r"^root ::= ", "answer-root ::= ", gbnf, count=1, flags=re.MULTILINE)
+    if count != 1:
+        raise ValueError("the grammar has no root rule")
+    extra = "\n".join(f"{name} ::= {body}" for name, body in rules.items())
+    return f"root ::= {block} answer-root\n{renamed}\n{extra}\n"
