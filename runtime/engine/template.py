@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 import jinja2
+from jinja2 import nodes
+from jinja2.ext import Extension
+from jinja2.parser import Parser
 from jinja2.sandbox import SandboxedEnvironment
 
 from runtime.errors import InvalidRequest
@@ -22,6 +26,18 @@ CHATML_TEMPLATE = (
 )
 
 IMAGE_PLACEHOLDER = "[image]"  # what a text-only model reads where an image was
+
+
+class GenerationTag(Extension):
+    """`{% generation %}…{% endgeneration %}`, transformers' marker for the assistant's own
+    tokens (training masks): rendered as its body, as transformers does for inference."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Parser) -> nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.Scope(body, lineno=lineno)
 
 
 def _raise_exception(message: str) -> None:
@@ -49,7 +65,9 @@ class ChatTemplate:
         self.source = source or CHATML_TEMPLATE
         # Sandboxed (no attribute access to internals), but not immutable: Kimi K2's templates
         # build lists with `append`/`pop`, as llama.cpp's minja allows.
-        env = SandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        env = SandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols", GenerationTag]
+        )
         env.filters["tojson"] = _tojson
         env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
         self._template = env.from_string(self.source)
@@ -63,6 +81,20 @@ class ChatTemplate:
     @property
     def supports_thinking_switch(self) -> bool:
         return "enable_thinking" in self.source
+
+    @functools.cached_property
+    def supports_system_role(self) -> bool:
+        """Whether the template renders a system message (Gemma 2/3 raise an error instead,
+        others silently drop it). Probed once, as llama.cpp's template capabilities are."""
+        probe = "\u2063system-probe\u2063"
+        messages = [{"role": "system", "content": probe}, {"role": "user", "content": "hi"}]
+        try:
+            text = self._template.render(
+                messages=messages, add_generation_prompt=True, bos_token=self.bos_token, eos_token=self.eos_token
+            )
+        except Exception:  # the template's own raise_exception, or anything it trips over
+            return False
+        return probe in text
 
     def render(
         self,
@@ -78,6 +110,8 @@ class ChatTemplate:
         """The prompt text. `string_arguments`: earlier calls' arguments reach the template
         as JSON text (templates that print them as they are), not as an object; `transform`
         reshapes the message dicts for a family's template (`ToolFormat.template_messages`)."""
+        if messages and messages[0].role == "system" and not self.supports_system_role:
+            messages = fold_system_message(messages)
         dicts = [message_to_template(m, image_marker, string_arguments) for m in messages]
         variables: dict[str, Any] = {
             "messages": transform(dicts) if transform is not None else dicts,
@@ -93,6 +127,15 @@ class ChatTemplate:
         except jinja2.exceptions.TemplateError as exc:
             # Templates reject some conversations on purpose (e.g. roles out of order).
             raise InvalidRequest(f"the model's chat template rejected the conversation: {exc}") from exc
+
+
+def fold_system_message(messages: list[Message]) -> list[Message]:
+    """For templates without a system role: the system text opens the first user message
+    (llama.cpp's `workaround::system_message_not_supported` does the same)."""
+    system, rest = messages[0], messages[1:]
+    if rest and rest[0].role == "user":
+        return [Message("user", [TextPart(system.text + "\n\n"), *rest[0].parts]), *rest[1:]]
+    return [Message("user", list(system.parts)), *rest]
 
 
 def tool_to_template(tool: ToolSpec) -> dict[str, Any]:

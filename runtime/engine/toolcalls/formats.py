@@ -173,7 +173,12 @@ class HermesFormat(JsonCallsFormat):
 
     @classmethod
     def detect(cls, template_source: str) -> bool:
-        return "<tool_call>" in template_source
+        src = template_source
+        # Not the families that only mention `<tool_call>`: MiniMax-M3 (namespaced markers)
+        # and Apriel (a `<tool_calls>[...]` list); the generic format serves them until they
+        # have formats of their own, rather than a grammar for syntax they do not write.
+        others = "]<]minimax[>[" in src or "<tool_calls>[" in src
+        return "<tool_call>" in src and not others
 
     triggers = (GrammarTrigger("<tool_call>"),)
     # Each call has its own tags, so between two calls comes a closing and an opening tag.
