@@ -29,6 +29,7 @@ from runtime.events import (
     ToolRunStart,
     Usage,
 )
+from runtime.fitting import fit_results
 from runtime.ir import ChatRequest, Message, Part, TextPart, ToolCallPart, ToolChoice, ToolResultPart, ToolSpec
 from runtime.plugins import ToolRegistry
 from runtime.sessions import Session
@@ -142,6 +143,15 @@ async def run_agent(
             yield usage.event()
             yield Finished("tool_calls")
             return
+        # The tools ran: their results must reach the client whatever happens next. If the
+        # transcript outgrows the context, the results are shortened; if nothing would fit,
+        # the response ends here (the results are already out) as cut by length.
+        fitted = await fit_results(engine, current, len(results))
+        if fitted is None:
+            yield usage.event()
+            yield Finished("length")
+            return
+        current = fitted
 
 
 def _without_server(choice: ToolChoice, server: dict[str, Tool]) -> ToolChoice:

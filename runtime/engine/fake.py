@@ -14,9 +14,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
 from runtime.engine.base import EngineStats, ModelInfo
-from runtime.errors import ToolstudioError
+from runtime.errors import ServerShuttingDown, ToolstudioError
 from runtime.events import Event, Finished, PromptUsage, TextDelta, ToolCallEnd, Usage
-from runtime.ir import ChatRequest
+from runtime.ir import ChatRequest, ToolResultPart
 
 Script = str | Sequence[Event] | ToolstudioError
 
@@ -28,7 +28,7 @@ class FakeEngine:
         self.requests: list[ChatRequest] = []
         self.delay = delay  # seconds between events, to exercise streaming and disconnects
         self.active = 0
-        self.draining = False  # set by drain(): scripts stop after their next event
+        self.draining = False  # set by drain(): a script in flight ends, as LlamaEngine's, in ServerShuttingDown
 
     @property
     def info(self) -> ModelInfo:
@@ -45,7 +45,13 @@ class FakeEngine:
         self.draining = True
 
     async def count_tokens(self, request: ChatRequest) -> int:
-        return sum(len(m.text.split()) + 4 for m in request.messages)
+        # A word is a token, plus 4 per message; tool results count like text.
+        words = (
+            p.content if isinstance(p, ToolResultPart) else getattr(p, "text", "")
+            for m in request.messages
+            for p in m.parts
+        )
+        return sum(len(w.split()) for w in words) + 4 * len(request.messages)
 
     async def close(self) -> None:
         self.scripts.clear()
@@ -72,8 +78,8 @@ class FakeEngine:
             for event in events:
                 if self.delay:
                     await asyncio.sleep(self.delay)
-                if self.draining and not isinstance(event, Usage | Finished):
-                    continue
+                if self.draining:
+                    raise ServerShuttingDown()
                 yield event
         finally:
             self.active -= 1

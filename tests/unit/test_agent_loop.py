@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,19 @@ class SlowTool:
         return ToolOutput("too late")
 
 
+class WordsTool:
+    name = "words"
+    description = "Print n numbered words."
+    parameters = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+    async def run(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
+        return ToolOutput(" ".join(f"w{i}" for i in range(arguments["n"])))
+
+
 class FakeTools:
     @hookimpl
     def register_tools(self, register: Callable[[Any], None]) -> None:
-        for tool in (AddTool(), FailTool(), SlowTool()):
+        for tool in (AddTool(), FailTool(), SlowTool(), WordsTool()):
             register(tool)
 
 
@@ -197,6 +207,53 @@ def test_max_tool_calls_counts_calls_not_rounds(agent: FakeServer, dialect: str)
     assert [r["is_error"] for r in results[2:]] == [True, True] and "max_tool_calls" in results[2]["output"]
     assert len(agent.engine.requests) == 2  # the limit was reached: the second generation was the last
     assert agent.engine.requests[-1].tools == []
+
+
+@pytest.fixture
+def small_context(tmp_path: Path) -> Iterator[FakeServer]:
+    # The FakeEngine counts a word as a token (plus 4 per message); 512 tokens of context.
+    tools = load_plugins([FakeTools()], load_entry_points=False, default_plugins=(), search_provider=None)
+    with serve_fake(tmp_path, FakeEngine(context_length=512), tools=tools) as server:
+        yield server
+
+
+def test_tool_output_that_outgrows_the_context_is_shortened_not_lost(small_context: FakeServer) -> None:
+    small_context.engine.enqueue(call("words", '{"n": 2000}'), "Summarised.")
+    chunks = chat_stream(small_context, extra_body=server_tools("words"))
+    [result] = tool_results(chunks)
+    assert result["output"].endswith("w1999") and len(result["output"].split()) == 2000  # the client gets it all
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    # The model read the head and the tail, with a marker counting the cut in tokens.
+    seen = small_context.engine.requests[-1].messages[-1].parts[0].content
+    assert seen.startswith("w0 w1 ") and seen.endswith("w1999")
+    [cut] = re.findall(r"\[\.\.\. (\d+) tokens of output cut here", seen)
+    kept = len(seen.split()) - len(
+        ["[...", "N", "tokens", "of", "output", "cut", "here", "to", "fit", "the", "context", "window", "...]"]
+    )
+    assert int(cut) + kept == pytest.approx(2000, abs=3)
+    prompt = sum(len(m.text.split()) + 4 for m in small_context.engine.requests[-1].messages)
+    assert (
+        prompt
+        + sum(len(m.parts[0].content.split()) for m in small_context.engine.requests[-1].messages if m.role == "tool")
+        <= 512
+    )
+
+
+def test_a_conversation_that_cannot_continue_ends_with_length_and_keeps_the_results(
+    small_context: FakeServer,
+) -> None:
+    long_question = [{"role": "user", "content": "word " * 460}]  # fits, but leaves no room after a tool round
+    small_context.engine.enqueue(call("words", '{"n": 50}'))
+    client = small_context.openai()
+    whole = client.chat.completions.create(model="m", messages=long_question, extra_body=server_tools("words"))
+    assert whole.choices[0].finish_reason == "length"
+    assert whole.model_extra["tool_results"][0]["output"].startswith("w0 w1")
+    assert len(small_context.engine.requests) == 1  # no second generation was attempted
+    small_context.engine.enqueue(call("words", '{"n": 50}'))
+    chunks = list(
+        client.chat.completions.create(model="m", messages=long_question, stream=True, extra_body=server_tools("words"))
+    )
+    assert tool_results(chunks) and chunks[-1].choices[0].finish_reason == "length"
 
 
 def test_unknown_server_tool_is_a_400(agent: FakeServer) -> None:
