@@ -24,9 +24,9 @@ import json
 
 from runtime.engine.grammar import GrammarBuilder, literal
 from runtime.engine.sampler import GrammarTrigger
-from runtime.engine.toolcalls.deepseek import json_arguments, skip_optional, skip_space
 from runtime.engine.toolcalls.formats import ToolFormat, arguments_rule, repeat
 from runtime.engine.toolcalls.jsonscan import JsonScanner
+from runtime.engine.toolcalls.marked import json_arguments, skip_optional, skip_space
 from runtime.engine.toolcalls.snapshot import (
     CallSnapshot,
     Content,

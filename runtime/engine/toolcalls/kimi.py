@@ -25,8 +25,8 @@ import re
 
 from runtime.engine.grammar import GrammarBuilder, literal
 from runtime.engine.sampler import GrammarTrigger
-from runtime.engine.toolcalls.deepseek import MarkedCallsParser, json_arguments, skip_optional
 from runtime.engine.toolcalls.formats import ToolFormat, arguments_rule, repeat
+from runtime.engine.toolcalls.marked import MarkedCallsParser, json_arguments, skip_optional
 from runtime.engine.toolcalls.snapshot import CallSnapshot
 from runtime.ir import Message, ToolCallPart, ToolResultPart, ToolSpec
 
