@@ -66,6 +66,15 @@ class ModelNotReady(ToolstudioError):
     status = 503
 
 
+class ServerShuttingDown(ModelNotReady):
+    """The server is stopping (SIGTERM): a generation in flight was cut short. Streams end with
+    the dialect's error frame, never with a normal finish, so a client can tell the answer is
+    not whole; the OpenAI SDKs retry a non-streaming 503 (on another replica, or later)."""
+
+    def __init__(self, message: str = "the server is shutting down; the generation was cut short") -> None:
+        super().__init__(message, code="server_shutting_down")
+
+
 class EngineFailure(ToolstudioError):
     """The engine broke (decode error, model crash): not the caller's fault."""
 

@@ -72,7 +72,8 @@ class Runtime:
                 self.on_load_failure()
 
     def drain(self) -> None:
-        """SIGTERM: end in-flight generations now, so streams close normally and quickly."""
+        """SIGTERM: end in-flight generations now, so streams close quickly. They end in
+        `ServerShuttingDown` (each dialect's in-band error), never as a finished answer."""
         if self.engine is not None:
             self.engine.drain()
 

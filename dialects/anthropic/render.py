@@ -273,6 +273,8 @@ async def render_stream(events: AsyncIterator[Event], meta: Meta) -> AsyncIterat
                 yield item
     except Exception as exc:
         # Headers are gone: Anthropic's `event: error` frame, which the SDK raises as an APIError.
+        # A generation cut by SIGTERM (ServerShuttingDown) ends here as `overloaded_error`, with
+        # no `message_delta`/`message_stop`: an `end_turn` would pass the cut answer off as whole.
         if not started:
             yield _message_start(meta, None)
         yield frame(error_body(as_toolstudio_error(exc)))
