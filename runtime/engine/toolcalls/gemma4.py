@@ -38,6 +38,7 @@ DETECT = "'<|tool_call>call:'"
 # Templates without it predate role:tool support and want results as `tool_responses`.
 CURRENT_TEMPLATE = "{#- OpenAI Chat Completions:"
 
+INVALID_NAME = re.compile(r"[^a-zA-Z0-9-]+")
 _NAME = re.compile(r"(?:call:)?([^{<\s]*)")
 _BARE_END = re.compile(r"[,}\]\s<]")
 
@@ -212,18 +213,14 @@ class Gemma4Format(ToolFormat):
 
     def calls_rule(self, b: GrammarBuilder, tools: list[ToolSpec], single: bool) -> str:
         """An optional thought block (a forced call may think first), then the calls.
-        Arguments follow the Gemma syntax; a tool's top-level keys are its property names
-        (llama.cpp leaves them free), values any Gemma value."""
-        value = _value_rules(b)
+        Arguments follow the Gemma syntax and the tool's schema at the top level: its
+        required properties, in order, then any of the optional ones, in order; each value
+        of the property's type (string enums as their literals). Deeper values are any Gemma
+        value (llama.cpp leaves even the top level free)."""
+        _value_rules(b)
         alternatives = []
         for tool in tools:
-            props = list((tool.parameters or {}).get("properties") or {})
-            if props and not (tool.parameters or {}).get("additionalProperties"):
-                key = " | ".join(literal(p) for p in props)
-            else:
-                key = "gemma4-key"
-            kv = b.rule(f"{tool.name}-kv", f'({key}) ":" {value}')
-            args = f'"{{" ("}}" | {kv} ("," " "? {kv})* "}}")'
+            args = _arguments_rule(b, tool)
             head = literal(f"{CALL_OPEN}call:{tool.name}")
             alternatives.append(b.rule(f"{tool.name}-call", f'{head} {args} "<tool_call|>"'))
         call = b.rule("gemma4-call", " | ".join(alternatives))
@@ -257,6 +254,57 @@ def _value_rules(b: GrammarBuilder) -> str:
         "gemma4-value",
         'gemma4-string | gemma4-dict | gemma4-array | gemma4-number | "true" | "false" | "null"',
     )
+
+
+def _arguments_rule(b: GrammarBuilder, tool: ToolSpec) -> str:
+    """`{key:value,...}` for one tool, by its JSON Schema's top-level properties."""
+    schema = tool.parameters or {}
+    props: dict[str, Any] = schema.get("properties") or {}
+    if not props:
+        return "gemma4-dict" if schema.get("additionalProperties", True) is not False else '"{}"'
+    required = [name for name in props if name in (schema.get("required") or [])]
+    optional = [name for name in props if name not in required]
+    prefix = INVALID_NAME.sub("-", tool.name)
+
+    def kv(name: str) -> str:
+        return f'{literal(name)} ":" {_typed_value(props[name])}'
+
+    sep = '"," " "?'
+    # rest-i: any of optional[i:], in order, each after a separator.
+    rest = '""'
+    for i in reversed(range(len(optional))):
+        rest = b.rule(f"{prefix}-rest-{i}", f"({sep} {kv(optional[i])})? {rest}")
+    rest0 = rest
+    if required:
+        body = f" {sep} ".join(kv(name) for name in required) + f" {rest0}"
+    else:
+        # first-i: nothing, or one of optional[i:] and then any of those after it.
+        first = '""'
+        for i in reversed(range(len(optional))):
+            after = f"{prefix}-rest-{i + 1}" if i + 1 < len(optional) else '""'
+            first = b.rule(f"{prefix}-first-{i}", f"{kv(optional[i])} {after} | {first}")
+        body = first
+    return f'"{{" {body} "}}"'
+
+
+def _typed_value(schema: Any) -> str:
+    """The Gemma value rule for a property's schema (its `type` and string `enum`)."""
+    if not isinstance(schema, dict):
+        return "gemma4-value"
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum and all(isinstance(v, str) for v in enum):
+        return "(" + " | ".join(literal(QUOTE + v + QUOTE) for v in enum) + ")"
+    kind = schema.get("type")
+    rules = {
+        "string": "gemma4-string",
+        "integer": '"-"? ("0" | [1-9] [0-9]{0,20})',
+        "number": "gemma4-number",
+        "boolean": '("true" | "false")',
+        "null": '"null"',
+        "array": "gemma4-array",
+        "object": "gemma4-dict",
+    }
+    return f"({rules[kind]})" if isinstance(kind, str) and kind in rules else "gemma4-value"
 
 
 def convert_tool_responses(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -209,7 +209,10 @@ class HarmonyFormat(ToolFormat):
         llama.cpp's `zero_or_more(start + any) + start + tool_call`. In lazy mode the
         grammar starts at a trigger, which only the call alternative matches."""
         channel = b.rule("harmony-channel", '"<|channel|>" ("commentary" | "analysis")')
-        constrain = b.rule("harmony-constrain", '(" "? "<|constrain|>"? [A-Za-z0-9_-]+)?')
+        # ` <|constrain|>json` (or ` json`): a short content type after the recipient, never
+        # glued to it, or the name could go on (`get_weather_x`).
+        word = "[A-Za-z0-9_-]{1,24}"
+        constrain = b.rule("harmony-constrain", f'(" "? "<|constrain|>" {word} | " " {word})?')
         alternatives = []
         for i, tool in enumerate(tools):
             args = arguments_rule(b, tool, i)
