@@ -93,6 +93,9 @@ class Sampling:
     seed: int | None = None
     max_tokens: int | None = None
     stop: list[str] = field(default_factory=list)
+    # None: no logprobs (nothing computed). k in 0..20: each generated text token's log
+    # probability plus the k most likely tokens at its position.
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,3 +139,6 @@ class ChatRequest:
     # Cached prompt prefixes (slot KV, host cache) are shared only within one scope, the API
     # key: otherwise time to first token would tell one key what another key's prompts start with.
     cache_scope: str = ""
+    # Choices to generate for this one prompt (OpenAI's `n`): the prompt is prefilled once;
+    # with n > 1 the engine's events come wrapped in `ChoiceEvent`.
+    n: int = 1

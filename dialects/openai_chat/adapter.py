@@ -104,9 +104,15 @@ def _reasoning(wire: ChatCompletionRequest) -> bool | None:
     return None
 
 
+def _logprobs(wire: ChatCompletionRequest) -> int | None:
+    """`logprobs: true` with `top_logprobs` alternatives (0-20) -> the IR's count; None: off."""
+    if wire.top_logprobs is not None and not wire.logprobs:
+        raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+    return (wire.top_logprobs or 0) if wire.logprobs else None
+
+
 def to_ir(wire: ChatCompletionRequest) -> ChatRequest:
-    if wire.n not in (None, 1):
-        raise InvalidRequest("only n=1 is supported", param="n")
+    """The wire request as IR. `n` is checked against the server's bound by the route."""
     stop = [wire.stop] if isinstance(wire.stop, str) else list(wire.stop or [])
     if len(stop) > 16:
         raise InvalidRequest("at most 16 stop sequences are allowed", param="stop")
@@ -134,6 +140,7 @@ def to_ir(wire: ChatCompletionRequest) -> ChatRequest:
             seed=wire.seed,
             max_tokens=wire.max_completion_tokens or wire.max_tokens,
             stop=stop,
+            logprobs=_logprobs(wire),
         ),
         tools=tools,
         tool_choice=_tool_choice(wire.tool_choice, forcible_tool_names(tools, server)),
@@ -143,4 +150,5 @@ def to_ir(wire: ChatCompletionRequest) -> ChatRequest:
         reasoning_effort=wire.reasoning_effort if wire.reasoning_effort != "none" else None,
         server_tools=server,
         template_kwargs=dict(wire.chat_template_kwargs or {}),
+        n=wire.n or 1,
     )

@@ -105,7 +105,9 @@ class ChatCompletionRequest(Struct):
     max_completion_tokens: PositiveInt | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: PositiveInt | None = None
+    n: PositiveInt | None = None  # bounded by the server's --max-n (checked in routes.py)
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     tools: list[ChatTool] | None = None

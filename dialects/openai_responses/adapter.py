@@ -287,8 +287,6 @@ def _effort(wire: ResponsesRequest) -> str | None:
 
 def _refuse_unsupported(wire: ResponsesRequest) -> None:
     """Options whose silent omission would change what the caller gets."""
-    if wire.background:
-        raise UnsupportedFeature("background responses are not supported; use stream=true", param="background")
     if wire.conversation is not None:
         raise UnsupportedFeature(
             "the Conversations API is not supported; chain turns with previous_response_id", param="conversation"
@@ -330,6 +328,9 @@ def to_ir(wire: ResponsesRequest, prior: list[Message]) -> Turn:
             seed=wire.seed,
             max_tokens=wire.max_output_tokens,
             stop=stop,
+            # Token logprobs only when `include` asks for them: computing them costs a pass
+            # over the vocabulary per token.
+            logprobs=(wire.top_logprobs or 0) if "message.output_text.logprobs" in (wire.include or ()) else None,
         ),
         tools=tools,
         tool_choice=_tool_choice(wire.tool_choice, forcible_tool_names(tools, server)),

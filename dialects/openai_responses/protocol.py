@@ -141,6 +141,20 @@ class ReasoningConfig(Struct):
     generate_summary: str | None = None
 
 
+# What `include` may name (openai-python's `ResponseIncludable`); only the logprobs change
+# what this server returns, the rest name outputs of tools it does not have.
+Includable = Literal[
+    "file_search_call.results",
+    "web_search_call.results",
+    "web_search_call.action.sources",
+    "message.input_image.image_url",
+    "computer_call_output.output.image_url",
+    "code_interpreter_call.outputs",
+    "reasoning.encrypted_content",
+    "message.output_text.logprobs",
+]
+
+
 class ResponsesRequest(Struct):
     input: str | list[dict[str, Any]]
     model: str | None = None
@@ -165,6 +179,7 @@ class ResponsesRequest(Struct):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     top_logprobs: TopLogprobs | None = None
+    include: list[Includable] | None = None
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
     service_tier: str | None = None

@@ -24,6 +24,7 @@ from runtime.events import (
     Finished,
     ReasoningDelta,
     TextDelta,
+    TokenLogprob,
     ToolCallDelta,
     ToolCallEnd,
     ToolCallStart,
@@ -34,7 +35,8 @@ from runtime.events import (
 from runtime.http import as_toolstudio_error
 from runtime.ir import Message, Part, ReasoningPart, TextPart, ToolCallPart, ToolResultPart
 
-Status = Literal["completed", "incomplete", "failed", "in_progress"]
+# "queued" and "cancelled" only occur for `background: true` responses (routes.py).
+Status = Literal["completed", "incomplete", "failed", "in_progress", "queued", "cancelled"]
 Body = dict[str, Any]
 
 
@@ -113,7 +115,8 @@ class OutputBuilder:
         where = self._where(item)
         if item["type"] == "message":
             self._add_part(TextPart(part["text"]))
-            done: Body = {"type": "response.output_text.done", **where, "text": part["text"], "logprobs": []}
+            logprobs = [_without_bytes(e) for e in part["logprobs"]]
+            done: Body = {"type": "response.output_text.done", **where, "text": part["text"], "logprobs": logprobs}
         else:
             self._add_part(ReasoningPart(part["text"]))
             done = {"type": "response.reasoning_text.done", **where, "text": part["text"]}
@@ -153,13 +156,21 @@ class OutputBuilder:
         match event:
             case TextDelta(text=text) | ReasoningDelta(text=text) if not text:
                 return []
-            case TextDelta(text=text):
+            case TextDelta(text=text, logprobs=entries):
                 frames = self._open_item("message")
                 assert self._open is not None
-                self._open["content"][0]["text"] += text
+                part = self._open["content"][0]
+                part["text"] += text
+                part["logprobs"] += [part_logprob(e) for e in entries]
+                deltas = [event_logprob(e) for e in entries]
                 return [
                     *frames,
-                    {"type": "response.output_text.delta", **self._where(self._open), "delta": text, "logprobs": []},
+                    {
+                        "type": "response.output_text.delta",
+                        **self._where(self._open),
+                        "delta": text,
+                        "logprobs": deltas,
+                    },
                 ]
             case ReasoningDelta(text=text):
                 frames = self._open_item("reasoning")
@@ -208,6 +219,33 @@ class OutputBuilder:
         return frames
 
 
+def _token_text(token: bytes) -> str:
+    return token.decode("utf-8", "backslashreplace")  # part of a UTF-8 character: `bytes` has it exactly
+
+
+def part_logprob(entry: TokenLogprob) -> Body:
+    """An `output_text` part's logprob: {token, logprob, bytes, top_logprobs: [{token,
+    logprob, bytes}]} (natural logs of the model's raw distribution, see `TokenLogprob`)."""
+    return {
+        "token": _token_text(entry.token),
+        "logprob": entry.logprob,
+        "bytes": list(entry.token),
+        "top_logprobs": [
+            {"token": _token_text(t.token), "logprob": t.logprob, "bytes": list(t.token)} for t in entry.top
+        ],
+    }
+
+
+def event_logprob(entry: TokenLogprob) -> Body:
+    """A `response.output_text.delta`/`.done` event's logprob: as the part's, without `bytes`."""
+    return _without_bytes(part_logprob(entry))
+
+
+def _without_bytes(logprob: Body) -> Body:
+    top = [{"token": t["token"], "logprob": t["logprob"]} for t in logprob["top_logprobs"]]
+    return {"token": logprob["token"], "logprob": logprob["logprob"], "top_logprobs": top}
+
+
 def _in_progress(item: Body) -> Body:
     """The item as `output_item.added` shows it: no content yet (parts arrive separately)."""
     return {**item, "content": []} if "content" in item else dict(item)
@@ -240,7 +278,7 @@ def _error_code(exc: errors.ToolstudioError) -> str:
 def response_body(
     meta: Meta, builder: OutputBuilder | None, status: Status, error: errors.ToolstudioError | None = None
 ) -> Body:
-    done = builder is not None and status != "in_progress"
+    done = builder is not None and status not in ("in_progress", "queued")
     incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
     body: Body = {
         "id": meta.id,
@@ -280,7 +318,14 @@ async def render_stream(
 ) -> AsyncIterator[ServerSentEventMessage]:
     """Every frame carries `event: <type>` and the same `type` in its data, numbered in order.
     `on_done` (the store) runs before the terminal event, so a client that chains a
-    `previous_response_id` the moment the stream ends finds the response saved."""
+    `previous_response_id` the moment the stream ends finds the response saved.
+
+    A failure after the headers (the engine broke, or SIGTERM cut the generation:
+    `ServerShuttingDown`) ends with an `error` event (its `code` says which, e.g.
+    `server_shutting_down`) and `response.failed` (`error.code` "server_error"), and the
+    response is stored as failed. Not `response.incomplete`: its `incomplete_details.reason`
+    is a closed set (`max_output_tokens`, `content_filter`) and neither would be true, and a
+    client checking for `response.completed` must not take a cut answer for a whole one."""
     numbers = itertools.count()
     builder = OutputBuilder()
 

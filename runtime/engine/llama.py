@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import concurrent.futures
+import copy
 import dataclasses
 import functools
 import logging
@@ -24,8 +26,19 @@ from runtime.engine.stops import StopMatcher
 from runtime.engine.template import IMAGE_PLACEHOLDER, ChatTemplate
 from runtime.engine.toolcalls import SnapshotParser, ToolCallParser, detect_format, format_named
 from runtime.engine.vision import MediaChunk, Projector
-from runtime.errors import ContextLengthExceeded, InvalidRequest, UnsupportedFeature
-from runtime.events import Event, Finished, PromptUsage, ReasoningDelta, TextDelta, Usage
+from runtime.errors import ContextLengthExceeded, InvalidRequest, ServerShuttingDown, UnsupportedFeature
+from runtime.events import (
+    ChoiceEvent,
+    Event,
+    Finished,
+    PromptUsage,
+    ReasoningDelta,
+    TextDelta,
+    TokenLogprob,
+    ToolCallStart,
+    TopLogprob,
+    Usage,
+)
 from runtime.ir import ChatRequest, ImagePart, ToolChoice, ToolSpec
 
 log = logging.getLogger(__name__)
@@ -54,12 +67,12 @@ class Mailbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._pending: list[tuple[asyncio.Queue[Token | Done], Token | Done]] = []
+        self._pending: list[tuple[asyncio.Queue[tuple[int, Token | Done]], tuple[int, Token | Done]]] = []
         self._lock = threading.Lock()
 
-    def post(self, queue: asyncio.Queue[Token | Done], item: Token | Done) -> None:
+    def post(self, queue: asyncio.Queue[tuple[int, Token | Done]], index: int, item: Token | Done) -> None:
         with self._lock:
-            self._pending.append((queue, item))
+            self._pending.append((queue, (index, item)))
             if len(self._pending) > 1:
                 return  # a flush is already scheduled and will take this one too
         self._loop.call_soon_threadsafe(self._flush)
@@ -94,6 +107,9 @@ class LlamaEngine:
             Projector(config.mmproj_path, self.model, threads=config.thread_count) if config.mmproj_path else None
         )
         self.scheduler = Scheduler(self.model, config, projector=self.projector)
+        # Prompts are rendered and tokenized one at a time, in arrival order: a pool of
+        # several threads let a request that arrived later reach the scheduler's FIFO first.
+        self._preparer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-prepare")
         self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Mailbox] = weakref.WeakKeyDictionary()
         self._info = ModelInfo(
             id=model_id,
@@ -130,6 +146,7 @@ class LlamaEngine:
         self.scheduler.drain()
 
     async def close(self) -> None:
+        self._preparer.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self.scheduler.close)
         if self.projector is not None:
             self.projector.close()
@@ -285,89 +302,164 @@ class LlamaEngine:
         return mailbox
 
     async def generate(self, request: ChatRequest) -> AsyncIterator[Event]:
-        prepared = await asyncio.to_thread(self._prepare, request)
+        """Events for one request; with `request.n > 1`, n choices decoded together (the
+        prompt prefilled once), their events wrapped in `ChoiceEvent`, one `Usage` at the end."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Token | Done] = asyncio.Queue()
-        job = SequenceJob(
-            prompt=prepared.tokens,
-            params=prepared.params,
-            max_tokens=prepared.max_tokens,
-            media=prepared.media,
-            scope=request.cache_scope,
-            deliver=functools.partial(self._mailbox(loop).post, queue),
-        )
-        self.scheduler.submit(job)
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        stops = StopMatcher(request.sampling.stop)
-        parser = prepared.parser
-        tags = self.thinking_tags
-        splitter = ReasoningSplitter(tags, inside=prepared.thinking_open) if tags is not None else None
+        # One preparing thread: requests reach `submit`, and so a slot, in the order they
+        # called `generate` (#15).
+        prepared = await loop.run_in_executor(self._preparer, self._prepare, request)
+        queue: asyncio.Queue[tuple[int, Token | Done]] = asyncio.Queue()
+        post = self._mailbox(loop).post
+        jobs: list[SequenceJob] = []
+        for i in range(max(1, request.n)):
+            params = prepared.params
+            if i and params.seed is not None:
+                params = dataclasses.replace(params, seed=params.seed + i)  # choice i: seed + i
+            jobs.append(
+                SequenceJob(
+                    prompt=prepared.tokens,
+                    params=params,
+                    max_tokens=prepared.max_tokens,
+                    media=prepared.media,
+                    scope=request.cache_scope,
+                    deliver=functools.partial(post, queue, i),
+                    logprobs=request.sampling.logprobs,
+                    fork_of=jobs[0] if jobs else None,
+                )
+            )
+        self.scheduler.submit(*jobs)
+        choices = [_Choice(self, request, prepared, job) for job in jobs]
+        wrap = len(jobs) > 1
+        running = len(jobs)
+        try:
+            while running:
+                index, item = await queue.get()
+                choice = choices[index]
+                if choice.finish is not None:
+                    continue  # the Done of a job ended early by a stop sequence
+                if isinstance(item, Token):
+                    if not any(c.generated for c in choices):
+                        yield PromptUsage(len(prepared.tokens), jobs[0].cached)
+                    events = choice.token(item)
+                else:
+                    if item.error is not None:
+                        raise item.error
+                    if item.reason == "cancelled":
+                        # Only drain() (SIGTERM) cancels a job whose end is still read here: this
+                        # side cancels only once it stops reading. The output is cut, not finished.
+                        raise ServerShuttingDown()
+                    events = choice.done(item)
+                if choice.finish is not None:
+                    running -= 1
+                    if not wrap:
+                        for event in events:
+                            yield event
+                        break
+                    events.append(choice.finish)
+                for event in events:
+                    yield ChoiceEvent(index, event) if wrap else event
+            yield Usage(
+                prompt_tokens=len(prepared.tokens),
+                completion_tokens=sum(c.generated for c in choices),
+                cached_tokens=choices[0].cached,
+            )
+            if not wrap:
+                assert choices[0].finish is not None
+                yield choices[0].finish
+        finally:
+            for job in jobs:
+                job.cancelled = True  # a no-op when finished; stops decoding when the client went away
 
-        in_thinking = [prepared.thinking_open]
 
-        def convert(segments: list[tuple[bool, str]]) -> list[Event]:
-            out: list[Event] = []
-            for thinking, segment in segments:
-                if parser is not None and in_thinking[0] and not thinking:
-                    parser.start_answer()  # a call may open the answer right after the thinking block
-                in_thinking[0] = thinking
-                found = parser.feed(segment) if parser is not None else [TextDelta(segment)]
-                # Calls written inside a thinking block are still calls; only text turns into reasoning.
-                out += [ReasoningDelta(e.text) if thinking and isinstance(e, TextDelta) else e for e in found]
-            return out
+class _Choice:
+    """One sequence's tokens -> events: UTF-8 decoding, stop sequences, the thinking block,
+    tool-call parsing, and the tokens' logprobs attached to the text they became."""
 
-        def events(text: str) -> list[Event]:
-            return convert(splitter.feed(text) if splitter is not None else [(False, text)])
-
+    def __init__(self, engine: LlamaEngine, request: ChatRequest, prepared: PreparedPrompt, job: SequenceJob) -> None:
+        self.model = engine.model
+        self.job = job
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.stops = StopMatcher(request.sampling.stop)
+        # Parsers keep state: every choice after the first gets its own copy.
+        self.parser = prepared.parser if job.fork_of is None else copy.deepcopy(prepared.parser)
+        tags = engine.thinking_tags
+        self.splitter = ReasoningSplitter(tags, inside=prepared.thinking_open) if tags is not None else None
+        self.in_thinking = prepared.thinking_open
         # A thinking budget (Anthropic's `budget_tokens`): once spent, the engine writes the
         # closing tag itself and the model goes on to the answer. Tokens already in flight
         # when the budget runs out may overshoot it by a few.
-        budget = request.reasoning_budget if splitter is not None else None
-        thinking = 0
-        generated = 0
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, Token):
-                    if not generated:
-                        yield PromptUsage(len(prepared.tokens), job.cached)
-                    generated += 1
-                    if budget is not None and splitter is not None and splitter.inside:
-                        thinking += 1
-                        if thinking == budget:
-                            job.inject = list(self._close_thinking)
-                    text, hit = stops.feed(decoder.decode(item.piece))
-                    if text:
-                        for event in events(text):
-                            yield event
-                    if hit is not None:
-                        job.cancelled = True
-                        finish = Finished("stop_sequence", stop_sequence=hit)
-                        cached = 0
-                        break
-                    continue
-                if item.error is not None:
-                    raise item.error
-                tail, _ = stops.feed(decoder.decode(b"", final=True))
-                tail += stops.flush()
-                if tail:
-                    for event in events(tail):
-                        yield event
-                if splitter is not None:
-                    for event in convert(splitter.flush()):
-                        yield event
-                finish = Finished("length" if item.reason == "length" else "stop")
-                cached = item.cached_tokens
-                break
-            if parser is not None:
-                for event in parser.finish():
-                    yield event
-                if parser.calls and finish.reason != "length":
-                    finish = Finished("tool_calls")
-            yield Usage(prompt_tokens=len(prepared.tokens), completion_tokens=generated, cached_tokens=cached)
-            yield finish
-        finally:
-            job.cancelled = True  # a no-op when finished; stops decoding when the client went away
+        self.budget = request.reasoning_budget if self.splitter is not None else None
+        self.close_thinking = engine._close_thinking
+        self.thinking = 0
+        self.generated = 0
+        self.cached = 0
+        self.pending: list[TokenLogprob] = []  # logprobs of tokens whose text is not out yet
+        self.finish: Finished | None = None
+
+    def _convert(self, segments: list[tuple[bool, str]]) -> list[Event]:
+        out: list[Event] = []
+        parser = self.parser
+        for thinking, segment in segments:
+            if parser is not None and self.in_thinking and not thinking:
+                parser.start_answer()  # a call may open the answer right after the thinking block
+            self.in_thinking = thinking
+            found = parser.feed(segment) if parser is not None else [TextDelta(segment)]
+            # Calls written inside a thinking block are still calls; only text turns into reasoning.
+            out += [ReasoningDelta(e.text) if thinking and isinstance(e, TextDelta) else e for e in found]
+        return self._attach(out)
+
+    def _attach(self, events: list[Event]) -> list[Event]:
+        """Answer text carries the logprobs of the tokens it came from; reasoning and calls
+        do not (OpenAI's `logprobs.content` covers the message content only)."""
+        if not self.pending:
+            return events
+        out: list[Event] = []
+        for event in events:
+            if isinstance(event, TextDelta) and self.pending:
+                event = TextDelta(event.text, tuple(self.pending))
+                self.pending.clear()
+            elif isinstance(event, ReasoningDelta | ToolCallStart):
+                self.pending.clear()
+            out.append(event)
+        return out
+
+    def _events(self, text: str) -> list[Event]:
+        return self._convert(self.splitter.feed(text) if self.splitter is not None else [(False, text)])
+
+    def token(self, item: Token) -> list[Event]:
+        job, splitter = self.job, self.splitter
+        self.generated += 1
+        if item.logprob is not None:
+            top = tuple(TopLogprob(self.model.piece(t), lp) for t, lp in item.top)
+            self.pending.append(TokenLogprob(item.piece, item.logprob, top))
+        if self.budget is not None and splitter is not None and splitter.inside:
+            self.thinking += 1
+            if self.thinking == self.budget:
+                job.inject = list(self.close_thinking)
+        text, hit = self.stops.feed(self.decoder.decode(item.piece))
+        events = self._events(text) if text else []
+        if hit is not None:
+            job.cancelled = True
+            events += self._end(Finished("stop_sequence", stop_sequence=hit))
+        return events
+
+    def done(self, item: Done) -> list[Event]:
+        tail, _ = self.stops.feed(self.decoder.decode(b"", final=True))
+        tail += self.stops.flush()
+        events = self._events(tail) if tail else []
+        if self.splitter is not None:
+            events += self._convert(self.splitter.flush())
+        self.cached = item.cached_tokens
+        return events + self._end(Finished("length" if item.reason == "length" else "stop"))
+
+    def _end(self, finish: Finished) -> list[Event]:
+        events: list[Event] = []
+        if self.parser is not None:
+            events = self._attach(self.parser.finish())
+            if self.parser.calls and finish.reason != "length":
+                finish = Finished("tool_calls")
+        self.finish = finish
+        return events
 
 
 def _image_bytes(request: ChatRequest) -> list[bytes]:

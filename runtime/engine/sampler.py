@@ -260,3 +260,27 @@ class SamplerChain:
         if self.grammar is not None:
             self.grammar.close()
             self.grammar = None
+
+
+def token_logprobs(
+    ctx: llama_cpp.llama_context_p, batch_index: int, n_vocab: int, token: int, top: int
+) -> tuple[float, list[tuple[int, float]]]:
+    """The log probability of `token` at `batch_index`, and the `top` most likely tokens
+    there as (id, logprob), most likely first.
+
+    The distribution is the model's raw one: a log-softmax over the whole vocabulary of the
+    logits llama.cpp computed, before temperature, truncation (top-k/top-p/min-p), penalties
+    or a grammar: what OpenAI reports, not llama.cpp server's post-sampling probabilities.
+    Costs one pass over the vocabulary (tens of microseconds); only called when asked for.
+    """
+    raw = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, batch_index), shape=(n_vocab,))
+    logits = raw.astype(np.float64)
+    peak = logits.max()
+    log_total = peak + math.log(float(np.exp(logits - peak).sum()))
+    best: list[tuple[int, float]] = []
+    if top > 0:
+        k = min(top, n_vocab)
+        ids = np.argpartition(logits, n_vocab - k)[n_vocab - k :]
+        ids = ids[np.argsort(-logits[ids], kind="stable")]
+        best = [(int(i), float(logits[i] - log_total)) for i in ids]
+    return float(logits[token] - log_total), best

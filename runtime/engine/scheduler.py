@@ -15,6 +15,7 @@ the step that reaches one has the projector encode the image into the slot's KV 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -28,7 +29,7 @@ import llama_cpp
 from runtime.config import EngineConfig
 from runtime.engine.kvcache import HostCache, common_prefix
 from runtime.engine.model import LlamaModel
-from runtime.engine.sampler import SamplerChain, SamplerParams
+from runtime.engine.sampler import SamplerChain, SamplerParams, token_logprobs
 from runtime.engine.threads import ThreadGovernor
 from runtime.engine.vision import MediaChunk, Projector, is_placeholder
 from runtime.errors import EngineFailure, ModelNotReady, Overloaded, ToolstudioError
@@ -43,6 +44,10 @@ MIN_SAVED_TOKENS = 32  # shorter sequences prefill faster than they are worth ke
 class Token:
     id: int
     piece: bytes
+    # Only for jobs that asked for logprobs (see `sampler.token_logprobs`): the token's log
+    # probability and the job's `logprobs` most likely (id, logprob) at its position.
+    logprob: float | None = None
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,21 @@ class SequenceJob:
     cancelled: bool = False  # set by the requester; read by the worker every step
     cached: int = 0  # prompt tokens reused from cache; set by the worker at admission, before any Token
     submitted_at: float = field(default_factory=time.monotonic)
+    # Ordinals, set by the scheduler: the job's place in submission order and in admission
+    # order (into a slot). Admission is FIFO, so once both are set they are equal ranks.
+    submitted: int = -1
+    admitted: int = -1
+    logprobs: int | None = None  # None: none computed; k: the logprob and the k most likely per token
+    # Another choice of the same request (n > 1), submitted just before this one with the
+    # same prompt: once its prompt is in the KV cache, this job copies it instead of
+    # prefilling it again.
+    fork_of: SequenceJob | None = None
+
+
+def _submission_order(slot: Slot) -> tuple[int, float]:
+    job = slot.job
+    assert job is not None
+    return (job.submitted, job.submitted_at)
 
 
 @dataclass(eq=False, slots=True)
@@ -118,6 +138,8 @@ class Scheduler:
         self.host_cache = HostCache(config.cache_ram_mib << 20) if config.cache_ram_mib > 0 else None
         self.slots = [Slot(seq_id=i) for i in range(config.parallel)]
         self._waiting: deque[SequenceJob] = deque()
+        self._submissions = itertools.count()
+        self._admissions = itertools.count()
         self._cond = threading.Condition()
         self._stopping = False
         self._draining = False
@@ -126,13 +148,17 @@ class Scheduler:
 
     # -- requester side (any thread) --------------------------------------------------
 
-    def submit(self, job: SequenceJob) -> None:
+    def submit(self, job: SequenceJob, *more: SequenceJob) -> None:
+        """Queue `job` (and `more`, the other choices of one request, right behind it, all
+        or none). Raises `ModelNotReady` while shutting down, `Overloaded` when the queue is full."""
         with self._cond:
             if self._stopping or self._draining:
                 raise ModelNotReady("the server is shutting down")
             if len(self._waiting) >= self.max_queue and not self._free_slot_exists():
                 raise Overloaded(f"all {len(self.slots)} slots are busy and {len(self._waiting)} requests wait")
-            self._waiting.append(job)
+            for each in (job, *more):
+                each.submitted = next(self._submissions)
+                self._waiting.append(each)
             self._cond.notify()
 
     def drain(self) -> None:
@@ -187,12 +213,18 @@ class Scheduler:
             self._waiting.popleft().deliver(Done("error", error=EngineFailure("the engine shut down")))
 
     def _admit(self) -> None:
-        """Move waiting jobs into free slots, FIFO. Called with the lock held."""
+        """Move waiting jobs into free slots, strictly in submission order: the head of the
+        queue is always the next one in, whatever its prompt length (a later, shorter prompt
+        never takes a slot ahead of it). Called with the lock held."""
         while self._waiting:
             free = [s for s in self.slots if s.job is None]
             if not free:
                 return
-            job = self._waiting.popleft()
+            job = self._waiting[0]
+            source = self._fork_source(job)
+            if source is False:
+                return  # the first choice's prompt is still being prefilled: the queue waits
+            self._waiting.popleft()
             if job.cancelled:
                 job.deliver(Done("cancelled"))
                 continue
@@ -204,12 +236,48 @@ class Scheduler:
             except ToolstudioError as exc:
                 job.deliver(Done("error", error=exc))
                 continue
-            keep = self._reuse(slot, job, shared[slot])
+            if isinstance(source, Slot) and shared[slot] < len(job.prompt) - 1:
+                keep = self._copy_prompt(source, slot, job)
+            else:
+                keep = self._reuse(slot, job, shared[slot])
             slot.tokens = job.prompt[:keep]
             slot.todo = job.prompt[keep:]
             slot.job, slot.cached, slot.generated, slot.next_token = job, keep, 0, None
             job.cached = keep
+            job.admitted = next(self._admissions)
             slot.scope = job.scope
+
+    def _fork_source(self, job: SequenceJob) -> Slot | bool:
+        """For a later choice of an n > 1 request: the slot whose KV holds its prompt (the
+        first choice's, prefill done), False while that prefill is still running, True when
+        there is nothing to copy from (ordinary admission: prefix reuse still applies)."""
+        first = job.fork_of
+        if first is None or first.cancelled:
+            return True
+        slot = next((s for s in self.slots if s.job is first), None)
+        if slot is None:
+            # It was ahead in the queue, so it is finished already (or failed): its slot is
+            # then free with the prompt as a prefix, for the usual reuse.
+            return True
+        if slot.todo or len(slot.tokens) < len(job.prompt):
+            return False
+        return slot
+
+    def _copy_prompt(self, source: Slot, slot: Slot, job: SequenceJob) -> int:
+        """Give `slot` the KV of `source`'s first len(prompt) - 1 positions (the shared prompt
+        but its last token, which the new sequence decodes itself to get its own logits).
+        Returns the positions kept. With one KV stream per slot llama.cpp copies whole
+        streams, so the source's generated tokens come along and are cut off here."""
+        cache = self.host_cache
+        if cache is not None and len(slot.tokens) >= MIN_SAVED_TOKENS:
+            cache.save(self.ctx, slot.seq_id, slot.tokens, slot.scope)
+        self._forget(slot)
+        keep = len(job.prompt) - 1
+        llama_cpp.llama_memory_seq_cp(self.memory, source.seq_id, slot.seq_id, -1, -1)
+        if not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1):
+            self._forget(slot)
+            return 0
+        return keep
 
     @staticmethod
     def _shared(slot: Slot, job: SequenceJob) -> int:
@@ -282,14 +350,15 @@ class Scheduler:
             slot.next_token = None
             slot.batch_index = n
             n += 1
-        # Then prompts, oldest first. Prefill costs about the same per token however it is
-        # batched (on CPU), so under contention a step takes one chunk of the oldest prompt
-        # and only those next prompts that fit whole in what is left of the chunk. Running
-        # streams then stall for one short step, not for every queued prompt, and queued
-        # prompts get their first token in turn instead of all together at the end
+        # Then prompts, in submission order. Prefill costs about the same per token however
+        # it is batched (on CPU), so under contention a step takes one chunk of the oldest
+        # prompt and only those next prompts that fit whole in what is left of the chunk.
+        # Running streams then stall for one short step, not for every queued prompt, and
+        # queued prompts get their first token in turn instead of all together at the end
         # (bench/bench_concurrency.py: median time to first token -20 to -35 % with 4-8
-        # clients, same throughput).
-        prefilling = sorted((s for s in self.slots if s.job is not None and s.todo), key=lambda s: s.job.submitted_at)
+        # clients, same throughput). A later prompt is only started once every earlier one
+        # finishes its prefill in this step, so it can never get its first token first.
+        prefilling = sorted((s for s in self.slots if s.job is not None and s.todo), key=_submission_order)
         contended = n > 0 or len(prefilling) > 1
         budget = min(self.batch_size - n, self.prefill_chunk) if contended else self.batch_size - n
         for slot in prefilling:
@@ -311,6 +380,8 @@ class Scheduler:
                 if last:
                     slot.batch_index = n
                 n += 1
+            if slot.todo:
+                break  # still prefilling (an image next, or the chunk ran out): nothing later jumps it
         if n == 0:
             return
         self.batch.n_tokens = n
@@ -362,7 +433,11 @@ class Scheduler:
             self._release(slot, "eog")
             return
         slot.generated += 1
-        job.deliver(Token(token, self.model.piece(token)))
+        if job.logprobs is None:
+            job.deliver(Token(token, self.model.piece(token)))
+        else:
+            logprob, top = token_logprobs(self.ctx, slot.batch_index, self.model.n_vocab, token, job.logprobs)
+            job.deliver(Token(token, self.model.piece(token), logprob, tuple(top)))
         if slot.generated >= job.max_tokens or len(slot.tokens) + 1 >= self.ctx_size:
             self._release(slot, "length")
         else:
