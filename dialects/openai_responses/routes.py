@@ -1,26 +1,33 @@
-"""POST /v1/responses, GET/DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items"""
+"""POST /v1/responses, GET/DELETE /v1/responses/{id}, POST /v1/responses/{id}/cancel,
+GET /v1/responses/{id}/input_items; POST /v1/responses/compact answers 404 (not offered)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from litestar import Request, Response, delete, get, post
+from litestar import Request, Response, delete, get, post, route
 from litestar.params import FromPath
 from litestar.response import ServerSentEvent
 
 from dialects.common import decode_body, new_id, now
 from dialects.openai_responses.adapter import Turn, to_ir
+from dialects.openai_responses.background import UNFINISHED, BackgroundRuns, as_seen
 from dialects.openai_responses.protocol import ResponsesRequest
-from dialects.openai_responses.render import Meta, OutputBuilder, collect, render_stream, response_body
+from dialects.openai_responses.render import Meta, OutputBuilder, Status, collect, render_stream, response_body
 from dialects.openai_responses.store import STORE_FILE, ResponseStore, StoredResponse
 from dialects.sse import primed, sse_response
 from runtime.config import SamplingDefaults
-from runtime.errors import InvalidRequest, NotFound
+from runtime.errors import ContextLengthExceeded, InvalidRequest, NotFound, ToolstudioError
+from runtime.events import Event
 from runtime.http import api_key_of, runtime_of, unless_disconnected
 from runtime.ir import Message
 
 _STORE_STATE_KEY = "openai_responses_store"
+_RUNS_STATE_KEY = "openai_responses_background"
 
 
 def store_of(request: Request[Any, Any, Any]) -> ResponseStore:
@@ -31,6 +38,15 @@ def store_of(request: Request[Any, Any, Any]) -> ResponseStore:
         store = ResponseStore(runtime_of(request).config.data_dir / STORE_FILE)
         state[_STORE_STATE_KEY] = store
     return store
+
+
+def runs_of(request: Request[Any, Any, Any]) -> BackgroundRuns:
+    """The app's live background generations (one registry per app, like the store)."""
+    state = request.app.state
+    runs: BackgroundRuns | None = state.get(_RUNS_STATE_KEY)
+    if runs is None:
+        runs = state[_RUNS_STATE_KEY] = BackgroundRuns()
+    return runs
 
 
 def _not_found(response_id: str, param: str) -> NotFound:
@@ -83,7 +99,7 @@ def _echo(wire: ResponsesRequest, turn: Turn, defaults: SamplingDefaults) -> dic
         ],
         "truncation": wire.truncation or "disabled",
         "user": wire.user,
-        "background": False,
+        "background": wire.background is True,
         # The rest of the current `Response` object (openai-python's `Response` model and the
         # Open Responses spec): what this server did with each, not a placeholder.
         "presence_penalty": wire.presence_penalty or 0.0,
@@ -98,13 +114,45 @@ def _echo(wire: ResponsesRequest, turn: Turn, defaults: SamplingDefaults) -> dic
     }
 
 
+async def _input_named(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """The engine names the conversation `messages` when it does not fit; here it is `input`."""
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        try:
+            async for event in events:
+                yield event
+        except ContextLengthExceeded as exc:
+            exc.param = "input"
+            raise
+
+
+def _check_background(wire: ResponsesRequest) -> None:
+    if not wire.background:
+        return
+    if wire.store is False:
+        raise InvalidRequest("background responses must be stored: send store=true (or leave it out)", param="store")
+    if wire.stream:
+        raise InvalidRequest(
+            "this server cannot stream a background response; create it with stream=false and poll "
+            "GET /v1/responses/{id}, or stream it without background",
+            param="stream",
+        )
+
+
 @post("/v1/responses", status_code=200)
 async def create_response(request: Request[Any, Any, Any]) -> Response[Any] | ServerSentEvent:
     wire = decode_body(await request.body(), ResponsesRequest)
+    _check_background(wire)
     key = api_key_of(request)
     prior: list[Message] = []
     if wire.previous_response_id is not None:
-        prior = (await _stored(request, wire.previous_response_id, "previous_response_id")).conversation
+        previous = await _stored(request, wire.previous_response_id, "previous_response_id")
+        status = as_seen(previous.body, runs_of(request).live(previous.id))["status"]
+        if status in UNFINISHED:
+            raise InvalidRequest(
+                f"previous response {previous.id!r} is still {status}; wait until it finishes",
+                param="previous_response_id",
+            )
+        prior = previous.conversation
     turn = to_ir(wire, prior)
     runtime = runtime_of(request)
     meta = Meta(
@@ -115,7 +163,7 @@ async def create_response(request: Request[Any, Any, Any]) -> Response[Any] | Se
     )
     store = store_of(request)
 
-    async def on_done(body: dict[str, Any], builder: OutputBuilder) -> None:
+    async def save(body: dict[str, Any], builder: OutputBuilder | None) -> None:
         if wire.store is False:
             return
         record = StoredResponse(
@@ -124,29 +172,75 @@ async def create_response(request: Request[Any, Any, Any]) -> Response[Any] | Se
             created_at=meta.created_at,
             body=body,
             input_items=turn.input_items,
-            conversation=turn.conversation + builder.conversation(),
+            conversation=turn.conversation + (builder.conversation() if builder is not None else []),
         )
         await store.save(record)
 
-    events = runtime.run(turn.chat, key)
+    events = _input_named(runtime.run(turn.chat, key))
+    if wire.background:
+        queued = response_body(meta, None, "queued")
+
+        async def save_state(status: Status, builder: OutputBuilder | None, error: ToolstudioError | None) -> None:
+            await save(response_body(meta, builder, status, error), builder)
+
+        saving = asyncio.ensure_future(save(queued, None))
+        runs_of(request).start(meta.id, events, queued=saving, save=save_state)
+        await asyncio.shield(saving)
+        return Response(queued)
     if wire.stream:
-        return sse_response(render_stream(await primed(events), meta, on_done))
+        return sse_response(render_stream(await primed(events), meta, save))
     builder = await unless_disconnected(request, collect(events))
     body = response_body(meta, builder, builder.status)
-    await on_done(body, builder)
+    await save(body, builder)
     return Response(body)
 
 
 @get("/v1/responses/{response_id:str}")
 async def retrieve_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> dict[str, Any]:
-    return (await _stored(request, response_id, "response_id")).body
+    if request.query_params.get("stream", "false").lower() == "true":
+        raise InvalidRequest("this server cannot stream a stored response; GET it without stream", param="stream")
+    record = await _stored(request, response_id, "response_id")
+    return as_seen(record.body, runs_of(request).live(response_id))
+
+
+@post("/v1/responses/{response_id:str}/cancel", status_code=200)
+async def cancel_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> dict[str, Any]:
+    """Stop a background response's generation: it becomes `cancelled` (with the output it had).
+    Cancelling it again returns it unchanged; a response created without background, or one
+    that already ended otherwise, is a 400 (as OpenAI answers)."""
+    record = await _stored(request, response_id, "response_id")
+    if not record.body.get("background"):
+        raise InvalidRequest("only responses created with background=true can be cancelled", param="response_id")
+    runs = runs_of(request)
+    if await runs.cancel(response_id):
+        record = await _stored(request, response_id, "response_id")
+    body = as_seen(record.body, runs.live(response_id))
+    if body["status"] != "cancelled":
+        raise InvalidRequest(f"cannot cancel a response that is already {body['status']}", param="response_id")
+    return body
 
 
 @delete("/v1/responses/{response_id:str}", status_code=200)
 async def delete_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> dict[str, Any]:
-    if not await store_of(request).delete(response_id, api_key_of(request).id):
+    key_id = api_key_of(request).id
+    store = store_of(request)
+    if await store.get(response_id, key_id) is not None:
+        # A running background response is stopped first, or its end would save it again.
+        await runs_of(request).cancel(response_id)
+    if not await store.delete(response_id, key_id):
         raise _not_found(response_id, "response_id")
     return {"id": response_id, "object": "response", "deleted": True}
+
+
+@route("/v1/responses/compact", http_method=["POST"])
+async def compact_response(request: Request[Any, Any, Any]) -> None:
+    """Not offered: a 404 in OpenAI's shape (without this route the path matched
+    /v1/responses/{id}, which has no POST, and answered 405)."""
+    raise NotFound(
+        "POST /v1/responses/compact (conversation compaction) is not supported by this server; "
+        "chain turns with previous_response_id instead",
+        code="unsupported_endpoint",
+    )
 
 
 def _limit(raw: str | None) -> int:
@@ -181,4 +275,11 @@ async def list_input_items(request: Request[Any, Any, Any], response_id: FromPat
     }
 
 
-route_handlers = [create_response, retrieve_response, delete_response, list_input_items]
+route_handlers = [
+    create_response,
+    retrieve_response,
+    cancel_response,
+    delete_response,
+    compact_response,
+    list_input_items,
+]

@@ -125,7 +125,8 @@ CASES: list[tuple[str, Any, int, str]] = [
         400,
         "image",
     ),
-    ("background", {"model": "m", "input": "x", "background": True}, 400, "background"),
+    ("background without store", {"model": "m", "input": "x", "background": True, "store": False}, 400, "store"),
+    ("background streamed", {"model": "m", "input": "x", "background": True, "stream": True}, 400, "stream"),
     ("conversation", {"model": "m", "input": "x", "conversation": "conv_1"}, 400, "previous_response_id"),
 ]
 
