@@ -20,13 +20,14 @@ $(VENV)/.installed: pyproject.toml tests/plugins/toolstudio_example_plugin/pypro
 setup: $(VENV)/.installed
 
 # bubblewrap sandboxes the bash and python tools; the sandboxed Jupyter kernel runs on
-# Debian's python3 with ipykernel (a venv under /root is not visible inside the sandbox).
+# Debian's python3 with ipykernel (a venv under /root is not visible inside the sandbox);
+# e2fsprogs' mkfs.ext4 makes each session's disk image (the per-session disk quota).
 system-deps:
-	@if ! command -v bwrap >/dev/null || ! /usr/bin/python3 -c "import ipykernel" 2>/dev/null; then \
+	@if ! command -v bwrap >/dev/null || ! command -v mkfs.ext4 >/dev/null || ! /usr/bin/python3 -c "import ipykernel" 2>/dev/null; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap python3-ipykernel; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap python3-ipykernel e2fsprogs; \
 		else \
-			echo "note: install bubblewrap and python3-ipykernel (as root) for the sandboxed tools"; \
+			echo "note: install bubblewrap, python3-ipykernel and e2fsprogs (as root) for the sandboxed tools"; \
 		fi; \
 	fi
 

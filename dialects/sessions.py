@@ -30,6 +30,7 @@ async def list_sessions(request: Request[Any, Any, Any]) -> dict[str, Any]:
             "last_used": int(i.last_used),
             "file_count": i.file_count,
             "size_bytes": i.size_bytes,
+            "live": i.live,
         }
         for i in infos
     ]
@@ -75,6 +76,7 @@ async def run_session_tool(
             "output": result.output,
             "is_error": result.is_error,
             "attachments": result.attachments,
+            "session_restored": result.session_restored,
         }
 
     return await unless_disconnected(request, run())

@@ -38,6 +38,11 @@ from runtime.tools import Tool, ToolContext, ToolOutput
 log = logging.getLogger(__name__)
 
 MAX_OUTPUT_CHARS = 20_000  # what the model sees of one tool result
+RESTORED_NOTE = (
+    "[This session was closed since its last call (idle, or a server restart). Its workspace files "
+    "are still here, but Python state (variables, imports, open files) was lost: re-run what you need.]"
+)
+_RESTORE_NOTED = "runtime.restore_noted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +235,9 @@ async def execute_tool(
     except Exception as exc:  # a broken plugin must not fail the request
         log.exception("tool %s failed", tool.name)
         output = ToolOutput(f"{tool.name} failed: {type(exc).__name__}: {exc}", is_error=True)
+    if session.restored and not session.state.get(_RESTORE_NOTED):
+        session.state[_RESTORE_NOTED] = True
+        output = dataclasses.replace(output, text=f"{RESTORED_NOTE}\n{output.text}", session_restored=True)
     elapsed = time.monotonic() - started
     if output.is_error:  # say why, so an operator can tell a limit from a bug
         reason = output.text.strip().splitlines()[-1][:200] if output.text.strip() else "no output"
@@ -241,7 +249,7 @@ async def execute_tool(
 
 def to_result(call_id: str, name: str, arguments: str, output: ToolOutput) -> ToolResult:
     attachments = [{"type": "image", "media_type": a.media_type, "data": a.data} for a in output.attachments]
-    return ToolResult(call_id, name, arguments, output.text, output.is_error, attachments)
+    return ToolResult(call_id, name, arguments, output.text, output.is_error, attachments, output.session_restored)
 
 
 def _for_model(result: ToolResult) -> str:

@@ -3,6 +3,7 @@ lives on `app.state.runtime`, never in a module global."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -58,13 +59,18 @@ def build_runtime(
     keys: KeyStore | None = None,
     tools: ToolRegistry | None = None,
 ) -> Runtime:
-    sandbox = SandboxRunner(SandboxConfig(unsafe_no_sandbox=config.tools.unsafe_no_sandbox))
+    disk = config.tools.session_disk_mib * 1024 * 1024
+    sandbox = SandboxRunner(SandboxConfig(unsafe_no_sandbox=config.tools.unsafe_no_sandbox, session_disk_bytes=disk))
     sessions = SessionManager(
         config.data_dir / "sessions",
         idle_seconds=config.tools.session_idle_seconds,
         max_sessions=config.tools.max_sessions,
-        on_create=sandbox.prepare_workspace,
+        on_create=sandbox.open_workspace,
+        on_remove=sandbox.close_workspace,
+        on_close=functools.partial(sandbox.close_workspace, keep_files=True),
+        ttl_seconds=config.tools.session_ttl_seconds,
     )
+    sandbox.check_disk_budget(sessions.root, config.tools.max_sessions)  # all sessions: at most this much
     return Runtime(
         config=config,
         keys=keys or KeyStore(config.keys_db),

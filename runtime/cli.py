@@ -50,6 +50,7 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     run.add_argument("--threads", type=positive, default=None, help="CPU threads for decoding (default: all cores)")
     run.add_argument("--parallel", "-np", type=positive, default=4, help="requests decoded together (slots)")
     run.add_argument("--max-queue", type=at_least(0), default=64, help="requests allowed to wait for a slot")
+    run.add_argument("--max-n", type=positive, default=8, help="most choices one request may ask for (OpenAI's n)")
     run.add_argument(
         "--prefill-chunk", type=positive, default=64, help="prompt tokens per step while other requests run"
     )
@@ -96,9 +97,23 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     tools.add_argument("--tool-timeout", type=float, default=60.0, help="seconds per tool call")
     tools.add_argument("--max-sessions", type=positive, default=32, help="live tool sessions (oldest idle evicted)")
     tools.add_argument("--session-idle", type=float, default=1800.0, help="seconds before an idle session closes")
+    tools.add_argument(
+        "--session-ttl",
+        type=float,
+        default=7 * 24 * 3600.0,
+        metavar="SECONDS",
+        help="how long a closed session's files are kept after its last use (default 7 days)",
+    )
     tools.add_argument("--search-provider", default="ddgs", help="web search backend (a plugin may add more)")
     tools.add_argument(
         "--unsafe-no-sandbox", action="store_true", help="run tools WITHOUT bubblewrap isolation (not for shared hosts)"
+    )
+    tools.add_argument(
+        "--session-disk",
+        type=at_least(0),
+        default=1024,
+        metavar="MIB",
+        help="disk quota of each session's workspace, MiB (0: none); enforced as root with a loop-mounted image",
     )
     run.add_argument("-p", "--port", type=int, default=8888)
     run.add_argument("-H", "--host", default="127.0.0.1")
@@ -161,8 +176,9 @@ def _keys(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 class DrainingServer(uvicorn.Server):
-    """On SIGTERM/SIGINT, end in-flight generations first, so every stream gets its normal
-    ending and the process exits promptly instead of waiting for long generations."""
+    """On SIGTERM/SIGINT, end in-flight generations first, so every stream ends (with its
+    dialect's error: the answer was cut) and the process exits promptly instead of waiting
+    for long generations."""
 
     def __init__(self, config: uvicorn.Config, *, on_exit: Callable[[], None]) -> None:
         super().__init__(config)
@@ -216,6 +232,7 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         threads=args.threads,
         parallel=args.parallel,
         max_queue=args.max_queue,
+        max_n=args.max_n,
         prefill_chunk=args.prefill_chunk,
         cache_ram_mib=args.cache_ram,
         reasoning=args.reasoning,
@@ -238,8 +255,10 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
             tool_timeout=args.tool_timeout,
             max_sessions=args.max_sessions,
             session_idle_seconds=args.session_idle,
+            session_ttl_seconds=args.session_ttl,
             search_provider=args.search_provider,
             unsafe_no_sandbox=args.unsafe_no_sandbox,
+            session_disk_mib=args.session_disk,
         ),
         sampling=SamplingDefaults(
             temperature=args.temperature,

@@ -38,6 +38,7 @@ class EngineConfig:
     prefill_chunk: int = 64  # prompt tokens per step while other requests decode or wait
     cache_ram_mib: int = 2048  # host RAM for KV of conversations evicted from slots (0: off)
     max_queue: int = 64  # waiting requests beyond the busy slots
+    max_n: int = 8  # choices per request (OpenAI's `n`); more than `parallel` run in turns
     reasoning: ReasoningMode = "auto"  # thinking default for templates with a switch
     chat_template_file: Path | None = None  # overrides the template in the GGUF
     tool_format: str | None = None  # a family from toolcalls.registry; None: detect from the template
@@ -57,9 +58,11 @@ class ToolsConfig:
     max_iterations: int = 8  # tool rounds per request (a request may ask for fewer)
     tool_timeout: float = 60.0  # seconds per tool call
     session_idle_seconds: float = 1800.0
+    session_ttl_seconds: float = 7 * 24 * 3600.0  # `--session-ttl`: a closed session's files are kept this long
     max_sessions: int = 32
     unsafe_no_sandbox: bool = False
     search_provider: str = "ddgs"
+    session_disk_mib: int = 1024  # `--session-disk`: each workspace's disk quota (0: none)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,33 @@ FinishReason = Literal["stop", "length", "tool_calls", "stop_sequence"]
 
 
 @dataclass(frozen=True, slots=True)
+class TopLogprob:
+    """One of the most likely tokens at a position: its text bytes and log probability."""
+
+    token: bytes
+    logprob: float  # natural log, <= 0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A generated token's log probability, only when the request asked for logprobs.
+
+    The distribution is the model's own: a log-softmax over the whole vocabulary of the raw
+    logits at the sampled position, before temperature, top-k/top-p/min-p, penalties or a
+    grammar (what OpenAI reports; llama.cpp's server reports post-sampling probabilities by
+    default). `top` holds the `top_logprobs` most likely tokens, most likely first; the
+    sampled token may or may not be among them."""
+
+    token: bytes  # the token's text (may be part of a UTF-8 character)
+    logprob: float  # natural log, <= 0
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TextDelta:
     text: str
+    # The tokens this text came from, when the request asked for logprobs; otherwise empty.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +90,9 @@ class ToolResult:
     output: str
     is_error: bool = False
     attachments: list[dict[str, Any]] = field(default_factory=list)
+    # The first call in a session that came back after eviction or a restart: its files are
+    # there, its process state (Python variables) is not. The output says so too.
+    session_restored: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +118,17 @@ class Finished:
     stop_sequence: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ChoiceEvent:
+    """With `n > 1` (several choices for one prompt), every per-choice event (text,
+    reasoning, tool calls, `Finished`) comes wrapped in one of these, `index` 0..n-1. The
+    request's single `PromptUsage` and `Usage` (prompt counted once, completion tokens of
+    all choices summed) stay unwrapped. With n = 1 nothing is wrapped."""
+
+    index: int
+    event: Event
+
+
 Event = (
     TextDelta
     | ReasoningDelta
@@ -100,6 +139,7 @@ Event = (
     | ToolResult
     | Usage
     | Finished
+    | ChoiceEvent
 )
 
 
@@ -116,6 +156,7 @@ class Completion:
 
     text: str = ""
     reasoning: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of the text's tokens, when asked for
     tool_calls: list[ToolCall] = field(default_factory=list)
     tool_results: list[ToolResult] = field(default_factory=list)
     usage: Usage = field(default_factory=lambda: Usage(0, 0))
@@ -125,8 +166,9 @@ class Completion:
 def apply(completion: Completion, event: Event) -> None:
     """Fold one event into `completion` (in place)."""
     match event:
-        case TextDelta(text=text):
+        case TextDelta(text=text, logprobs=logprobs):
             completion.text += text
+            completion.logprobs += logprobs
         case ReasoningDelta(text=text):
             completion.reasoning += text
         case ToolCallEnd(id=call_id, name=name, arguments=arguments):

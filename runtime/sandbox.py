@@ -10,6 +10,17 @@ A sandboxed command is launched as
 in its own process group, which is SIGKILLed at the wall-clock timeout. The bash tool runs
 commands through `SandboxRunner.run`; the Python tool prefixes `SandboxRunner.argv` to its
 Jupyter kernel command.
+
+Per-session isolation (as root): every session gets its own uid/gid from a reserved range
+(`SandboxConfig.uid_base`, `uid_count`), leased with an flock so two servers on one host never
+share one. RLIMIT_NPROC is counted per uid, so a fork or thread bomb only exhausts its own
+session's budget; closing the session SIGKILLs everything that uid still runs. Each session
+created through `open_workspace` also gets its own disk: a sparse ext4 image next to the
+workspace (`<workspace>.img`), loop-mounted on it, so writes stop at `session_disk_bytes`
+(ENOSPC) and all sessions together use at most max_sessions x that. Without root neither
+is possible: sessions share one uid and only RLIMIT_FSIZE bounds single files; the runner
+logs a warning naming what is missing. Memory and CPU stay per-process rlimits (RLIMIT_AS,
+RLIMIT_CPU): this module does not use cgroups.
 """
 
 from __future__ import annotations
@@ -17,8 +28,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
+import fcntl
 import functools
 import glob
+import hashlib
 import logging
 import os
 import pwd
@@ -27,16 +41,22 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runtime.sessions import Session
 
 log = logging.getLogger(__name__)
 
 SANDBOX_USER = "toolstudio-sandbox"
 # Where the host may put a shared SandboxRunner in `Session.state`; tools fall back to their own.
 SESSION_STATE_KEY = "sandbox"
+_BOX_CLAIMED = "sandbox.box"  # session.state flag: the session closes its box when it closes
 INSIDE_WORKSPACE = "/workspace"
 _MiB = 1024 * 1024
 _GiB = 1024 * _MiB
@@ -54,9 +74,10 @@ class Limits:
     cpu_seconds: int | None = 60
     address_space_bytes: int | None = 2 * _GiB
     file_size_bytes: int | None = 256 * _MiB
-    # RLIMIT_NPROC counts every process *and thread* of the sandbox uid, all sessions together:
-    # it must leave room for several idle kernels (~10 threads each) while still stopping a fork bomb.
-    nproc: int | None = 512
+    # RLIMIT_NPROC counts every process *and thread* of the sandbox uid. With a uid per session
+    # (as root) that is one session's kernel, its bash calls and whatever they start; without
+    # isolation it is every session together.
+    nproc: int | None = 256
 
     def prlimit_args(self) -> list[str]:
         pairs = [("--cpu", self.cpu_seconds), ("--as", self.address_space_bytes)]
@@ -79,7 +100,15 @@ class SandboxConfig:
     default_timeout: float = 30.0
     max_timeout: float = 600.0
     bwrap: str = "bwrap"
-    state_dir: Path = Path("/run/toolstudio-sandbox")  # mount hop and kernel runtime dirs
+    state_dir: Path = Path("/run/toolstudio-sandbox")  # mount hop, kernel runtime dirs, uid leases
+    # A uid (and gid) per session, from [uid_base, uid_base + uid_count): only as root. False: every
+    # session shares `uid`/`user` (the old behaviour; the isolation bench compares both).
+    isolate_sessions: bool = True
+    uid_base: int = 1_900_000_000  # far above login, system and subordinate (newuidmap) ranges
+    uid_count: int = 65536
+    # Per-session disk quota for workspaces made by `open_workspace` (as root, a loop-mounted ext4
+    # image); None or 0: none. Single files are bounded by `limits.file_size_bytes` either way.
+    session_disk_bytes: int | None = _GiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +119,24 @@ class RunResult:
     timed_out: bool
     truncated: bool
     duration: float
+    # Why the call ended badly, in words for the model and the log (a limit hit, a timeout, a
+    # kill); None when nothing points at the sandbox. See `SandboxRunner.explain`.
+    reason: str | None = None
+    sandbox_failed: bool = False  # the sandbox itself could not start (the command never ran)
+
+
+@dataclass(eq=False)
+class SessionBox:
+    """What one session's sandboxes share: a uid/gid of its own and, if made, its own disk."""
+
+    workspace: Path
+    uid: int
+    gid: int
+    own_uid: bool  # leased for this session alone (so everything it runs may be killed at close)
+    lease_fd: int | None = None  # holds the flock on the uid's lease file
+    image: Path | None = None  # the disk image, once mounted on `workspace`
+    disk_bytes: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def bwrap_available(bwrap: str = "bwrap") -> bool:
@@ -210,10 +257,64 @@ class SandboxRunner:
             self.uid, self.gid = resolve_sandbox_user(self.config.user)
         self._probed: str | None = None  # None: not probed yet; "" = works; else bwrap's complaint
         self._hop_ok = False  # whether root may `unshare --mount` (see argv)
+        self._boxes: dict[Path, SessionBox] = {}
+        self._boxes_lock = threading.Lock()  # open/close run in worker threads
+        self.per_session_uids = self.sandboxed and self._root and self.config.isolate_sessions
+        self.disk_quota_problem: str | None = None  # why per-session disks are off, if they are
         if self.config.unsafe_no_sandbox:
             msg = "!!! SANDBOX DISABLED (--unsafe-no-sandbox): tools run on this host as uid %d, unisolated !!!"
             log.warning(msg, os.getuid())
+        else:
+            self._warn_about_isolation()
         _enable_subreaper()
+
+    @property
+    def disk_quota(self) -> int | None:
+        """Bytes per session workspace if per-session disks are enforced here, else None."""
+        return self.config.session_disk_bytes if self.disk_quota_problem is None else None
+
+    def _warn_about_isolation(self) -> None:
+        """Say once, at start-up, which per-session limits this host cannot enforce, and why."""
+        if not self.config.isolate_sessions:
+            self.disk_quota_problem = "session isolation is turned off"
+            log.warning(
+                "session isolation is off: all sessions run as uid %d and share one process limit "
+                "(RLIMIT_NPROC %s) and the data directory's disk",
+                self.uid,
+                self.config.limits.nproc,
+            )
+            return
+        if not self._root:
+            self.disk_quota_problem = "not running as root (loop mounts need it)"
+            log.warning(
+                "per-session isolation unavailable (not running as root): every session runs as uid %d, "
+                "so one session can use up the shared process limit (RLIMIT_NPROC %s) for all; the "
+                "per-session disk quota is NOT enforced, only single files are bounded (RLIMIT_FSIZE %s bytes). "
+                "Run as root for a uid and a disk image per session.",
+                self.uid,
+                self.config.limits.nproc,
+                self.config.limits.file_size_bytes,
+            )
+            return
+        if self.config.session_disk_bytes:
+            self.disk_quota_problem = _probe_loop_disk(self.config.state_dir)
+            if self.disk_quota_problem:
+                log.warning(
+                    "per-session disk quota NOT enforced (%s): single files are still bounded "
+                    "(RLIMIT_FSIZE %s bytes), a session's total is not. Install e2fsprogs "
+                    "(mkfs.ext4) and allow loop devices.",
+                    self.disk_quota_problem,
+                    self.config.limits.file_size_bytes,
+                )
+        else:
+            self.disk_quota_problem = "no session disk size configured"
+        log.info(
+            "sandbox: a uid per session from %d, RLIMIT_NPROC %s per session, disk %s per session; "
+            "memory and CPU are limited per process (RLIMIT_AS, RLIMIT_CPU), not per session",
+            self.config.uid_base,
+            self.config.limits.nproc,
+            f"{self.disk_quota // _MiB} MiB" if self.disk_quota else "not bounded",
+        )
 
     @property
     def sandboxed(self) -> bool:
@@ -237,32 +338,186 @@ class SandboxRunner:
                 "server with --unsafe-no-sandbox to run tools unisolated on the host."
             )
 
-    def prepare_workspace(self, workspace: Path) -> None:
-        """Create `workspace` owned by the sandbox uid (the only path a sandbox may write)."""
+    # -- per-session boxes -----------------------------------------------------------------
+
+    def open_workspace(self, workspace: Path) -> None:
+        """A new session's workspace (the session manager's on_create): its uid and, where
+        enforced, its disk image. Blocking (mkfs + mount, about 30 ms); idempotent."""
+        box = self.prepare_workspace(workspace)
+        quota = self.disk_quota
+        if not quota or box.image is not None or not box.own_uid:
+            return
+        with box.lock:
+            if box.image is None:
+                try:
+                    box.image = _mount_disk(workspace, quota, box.uid, box.gid)
+                    box.disk_bytes = quota
+                except (OSError, subprocess.SubprocessError) as exc:
+                    log.warning("session disk for %s not created (%s): its total size is not bounded", workspace, exc)
+
+    def check_disk_budget(self, root: Path, max_sessions: int) -> None:
+        """Warn when `max_sessions` full session disks would not fit on the disk holding `root`
+        (the images are sparse: space is taken as sessions write, not reserved up front)."""
+        quota = self.disk_quota
+        if not quota:
+            return
+        probe = root if root.exists() else next((p for p in root.parents if p.exists()), Path("/"))
+        free = shutil.disk_usage(probe).free
+        if max_sessions * quota > free:
+            log.warning(
+                "%d sessions x %d MiB of session disk = %d MiB, but only %d MiB are free under %s: "
+                "sessions may hit 'no space left' before their quota (lower --session-disk or --max-sessions)",
+                max_sessions,
+                quota // _MiB,
+                max_sessions * quota // _MiB,
+                free // _MiB,
+                probe,
+            )
+
+    def close_workspace(self, workspace: Path, *, keep_files: bool = False) -> None:
+        """The session is over (on_remove / on_close / a session cleanup): SIGKILL whatever its
+        uid still runs, unmount its disk, free its uid, and delete the disk image unless
+        `keep_files` (the session's files outlive it until deleted or expired). Blocking;
+        idempotent. Also unmounts stale session disks under `workspace` (left by a crashed
+        server)."""
+        with self._boxes_lock:
+            box = self._boxes.pop(workspace, None)
+        if box is not None:
+            with box.lock:
+                if box.own_uid:
+                    _kill_uid(box.uid)
+                if box.image is not None:
+                    _unmount(workspace)
+                    if not keep_files:
+                        with contextlib.suppress(FileNotFoundError):
+                            box.image.unlink()
+                    box.image = None
+                if box.lease_fd is not None:
+                    os.close(box.lease_fd)  # the lease file stays: flock, not existence, is the lease
+                    box.lease_fd = None
+        if self._root:
+            for mounted in _mounts_under(workspace):
+                log.info("unmounting stale session disk %s", mounted)
+                _unmount(mounted)
+            if not keep_files:
+                with contextlib.suppress(OSError):  # a crashed server's image (purged key dirs go whole)
+                    workspace.with_name(workspace.name + ".img").unlink()
+
+    def prepare_workspace(self, workspace: Path) -> SessionBox:
+        """Create `workspace` owned by its session's uid (the only path a sandbox may write)."""
+        box = self.box_for(workspace)
         workspace.mkdir(parents=True, exist_ok=True)
         if self._root and self.sandboxed:
-            os.chown(workspace, self.uid, self.gid)
-            workspace.chmod(0o700)
+            st = workspace.stat()
+            if (st.st_uid, st.st_gid) != (box.uid, box.gid):
+                _own_tree(workspace, box.uid, box.gid)  # a kept workspace may hold an earlier uid's files
+            if st.st_mode & 0o777 != 0o700:
+                workspace.chmod(0o700)
+        return box
 
-    def make_private_dir(self, prefix: str) -> Path:
-        """A fresh directory owned by, and reachable for, the sandbox uid: for a kernel's connection
-        file and ipc sockets, which must have the same path inside the sandbox and outside."""
+    def box_for(self, workspace: Path) -> SessionBox:
+        """The session box of `workspace`, leasing a uid for it on first use."""
+        with self._boxes_lock:
+            box = self._boxes.get(workspace)
+            if box is None:
+                box = self._boxes[workspace] = self._new_box(workspace)
+            return box
+
+    def uid_for(self, workspace: Path) -> tuple[int, int]:
+        """(uid, gid) the sandboxes of `workspace` run as."""
+        box = self.box_for(workspace)
+        return box.uid, box.gid
+
+    def _new_box(self, workspace: Path) -> SessionBox:
+        if not self.per_session_uids:
+            return SessionBox(workspace, self.uid, self.gid, own_uid=False)
+        leases = self.config.state_dir / "uids"
+        with contextlib.suppress(OSError):
+            leases.mkdir(parents=True, exist_ok=True, mode=0o700)
+        taken = {b.uid for b in self._boxes.values()}
+        count = self.config.uid_count
+        # The same workspace asks for the same uid first, so a kept session that comes back
+        # (after eviction or a restart) usually finds its files already its own.
+        start = int.from_bytes(hashlib.sha256(str(workspace).encode()).digest()[:8], "big") % count
+        for step in range(count):
+            uid = self.config.uid_base + (start + step) % count
+            if uid in taken:
+                continue
+            fd = _lease(leases / str(uid))
+            if fd == -1:
+                continue  # another server on this host holds it
+            return SessionBox(workspace, uid, uid, own_uid=True, lease_fd=fd)
+        raise SandboxUnavailable(f"all {count} sandbox uids from {self.config.uid_base} are in use")
+
+    def make_private_dir(self, prefix: str, owner: tuple[int, int] | None = None) -> Path:
+        """A fresh directory owned by, and reachable for, the sandbox uid (`owner`, default the
+        shared one): for a kernel's connection file and ipc sockets, which must have the same
+        path inside the sandbox and outside."""
         base = self.config.state_dir / "run"
+        uid, gid = owner or (self.uid, self.gid)
         try:
             base.mkdir(parents=True, exist_ok=True, mode=0o755)
-            if not _traversable_by(base, self.uid, self.gid):
+            if not _traversable_by(base, uid, gid):
                 raise PermissionError(base)
         except OSError:
             base = Path("/tmp")  # sticky and world-traversable everywhere
         path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
         if self._root and self.sandboxed:
-            os.chown(path, self.uid, self.gid)
+            os.chown(path, uid, gid)
         return path
 
-    def _privilege_drop(self) -> list[str]:
+    def tasks_of(self, workspace: Path) -> int | None:
+        """Processes + threads now running as the session's uid (what RLIMIT_NPROC counts); None
+        where the uid is shared or not ours to count."""
+        box = self._boxes.get(workspace)
+        return _count_tasks(box.uid) if box is not None and box.own_uid else None
+
+    def explain(
+        self,
+        text: str,
+        workspace: Path,
+        *,
+        exit_code: int | None = None,
+        file_limit: bool = True,
+        limits: Limits | None = None,
+    ) -> str | None:
+        """Why a call failed, if a sandbox limit is the likely cause: text for the model and the log.
+
+        `text` is what the call printed (stderr, a traceback, a kernel log); `exit_code` a bash
+        exit status (128+N for signal N); `limits` the ones the call ran under (default: bash's).
+        Returns None when nothing points at a limit.
+        """
+        limits = limits or self.config.limits
+        lowered = text.lower()
+        if "resource temporarily unavailable" in lowered or "can't start new thread" in lowered:
+            tasks = self.tasks_of(workspace)
+            now = f"; {tasks} running now" if tasks is not None else ""
+            scope = "this session's" if self.per_session_uids else "the sandbox's shared (all sessions)"
+            return (
+                f"{scope} process/thread limit ({limits.nproc}{now}) was reached: a process or thread "
+                "could not be created; end background processes or use fewer threads"
+            )
+        if "no space left on device" in lowered or "disk quota exceeded" in lowered:
+            box = self._boxes.get(workspace)
+            if box is not None and box.disk_bytes:
+                size = f"{box.disk_bytes / _MiB:g} MiB"
+                return f"this session's disk quota ({size}) is full: delete files under /workspace to free space"
+            return "the disk is full: delete files under /workspace to free space"
+        if exit_code == 128 + signal.SIGXFSZ or (file_limit and "file too large" in lowered):
+            return f"a file reached the size limit ({limits.file_size_bytes} bytes per file)"
+        if exit_code == 128 + signal.SIGXCPU:
+            return f"the CPU time limit ({limits.cpu_seconds} s) was reached"
+        if "memoryerror" in lowered or "cannot allocate memory" in lowered:
+            return f"the memory limit ({limits.address_space_bytes} bytes of address space per process) was reached"
+        if exit_code == 128 + signal.SIGKILL:
+            return "killed by SIGKILL"
+        return None
+
+    def _privilege_drop(self, owner: tuple[int, int] | None = None) -> list[str]:
         if not self._root:
             return []
-        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups"]
+        uid, gid = owner or (self.uid, self.gid)
+        return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
 
     def argv(
         self,
@@ -284,14 +539,15 @@ class SandboxRunner:
         if not self.sandboxed:
             return [*prlimit, *inner_argv]
         self.ensure_available()  # probed once; also learns whether the mount hop is allowed
+        owner = self.uid_for(workspace)
         hop: list[str] = []
         source = workspace
-        if self._root and not _traversable_by(workspace, self.uid, self.gid):
+        if self._root and not _traversable_by(workspace, *owner):
             # bwrap (0.8) resolves bind sources as the unprivileged uid, and the default data dir
             # is under /root: bind the workspace at a traversable path in a private mount namespace.
             if not self._hop_ok:
                 raise SandboxUnavailable(
-                    f"The sandbox user (uid {self.uid}) cannot reach the workspace {workspace}, and "
+                    f"The sandbox user (uid {owner[0]}) cannot reach the workspace {workspace}, and "
                     "`unshare --mount` is not permitted here: put the data directory on a path every "
                     "user can traverse (e.g. TOOLSTUDIO_HOME=/var/lib/toolstudio)."
                 )
@@ -320,7 +576,7 @@ class SandboxRunner:
         base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": INSIDE_WORKSPACE, "LANG": "C.UTF-8"}
         for key, value in {**base_env, **(env or {})}.items():
             box += ["--setenv", key, value]
-        return [*hop, *self._privilege_drop(), *prlimit, *box, "--", *inner_argv]
+        return [*hop, *self._privilege_drop(owner), *prlimit, *box, "--", *inner_argv]
 
     def unsafe_env(self, workspace: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
         """Environment for unsafe-mode children: minimal, like inside the sandbox."""
@@ -373,7 +629,13 @@ class SandboxRunner:
         reap_orphans()
         asyncio.get_running_loop().call_later(1.0, reap_orphans)  # the inner init exits a moment later
         truncated = bool(out.dropped or err.dropped)
-        return RunResult(out.text(), err.text(), proc.returncode, timed_out, truncated, duration)
+        stderr = err.text()
+        reason = self.explain(stderr, workspace, exit_code=proc.returncode)  # `cmd; echo` exits 0 too
+        if timed_out:
+            reason = f"timed out after {timeout:g} s: the command and every process it started were killed"
+        # bwrap's own complaints come before the command ever ran (exit 1, "bwrap: ..." on stderr).
+        failed = self.sandboxed and proc.returncode == 1 and stderr.startswith("bwrap: ")
+        return RunResult(out.text(), stderr, proc.returncode, timed_out, truncated, duration, reason, failed)
 
 
 def _probe(argv: list[str]) -> str:
@@ -397,3 +659,195 @@ async def _feed(proc: asyncio.subprocess.Process, data: str | bytes) -> None:
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+# -- per-session uids and disks --------------------------------------------------------------
+
+
+def _lease(path: Path) -> int:
+    """An fd holding an exclusive flock on `path` (the uid's lease), -1 if another process holds
+    it. Where no lease file can be made (no writable state dir) the uid is taken unlocked (None
+    would be ambiguous, so the caller gets a dup of /dev/null)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return -1
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return fd
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process of `uid` (a session's own uid, never a shared one).
+
+    kill(-1) sent *as* that uid reaches exactly its processes, atomically in the kernel, so a
+    fork bomb cannot outrun it; a /proc sweep is the fallback where setpriv or kill is missing.
+    """
+    setpriv, kill = shutil.which("setpriv"), shutil.which("kill")
+    if setpriv and kill:
+        cmd = [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", kill, "-KILL", "-1"]
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(cmd, capture_output=True, timeout=10, check=False)
+    deadline = time.monotonic() + 2.0  # dying takes a moment; zombies are their parents' to reap
+    while time.monotonic() < deadline:
+        pids = [pid for pid, owner in _processes() if owner == uid and not _is_zombie(pid)]
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+    reap_orphans()
+
+
+def _is_zombie(pid: int) -> bool:
+    stat_line = _read(f"/proc/{pid}/stat")
+    return not stat_line or stat_line.rpartition(")")[2].split()[:1] == ["Z"]
+
+
+def _processes() -> list[tuple[int, int]]:
+    """(pid, real uid) of every live process; zombies included (they still count for NPROC)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                found.append((int(entry.name), os.stat(entry.path).st_uid))
+    return found
+
+
+def _count_tasks(uid: int) -> int:
+    """Processes + threads whose real uid is `uid` (what RLIMIT_NPROC counts)."""
+    total = 0
+    for pid, owner in _processes():
+        if owner != uid:
+            continue
+        for line in _read(f"/proc/{pid}/status").splitlines():
+            if line.startswith("Threads:"):
+                total += int(line.split()[1])
+                break
+    return total
+
+
+_MKFS_OPTIONS = ("-q", "-F", "-m", "0", "-O", "^has_journal")  # scratch space: no journal, no reserve
+
+
+def _system_tool(name: str) -> str | None:
+    """`name` on PATH, or in the sbin directories a service's PATH may lack."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
+
+
+def _mount_disk(workspace: Path, size: int, uid: int, gid: int) -> Path:
+    """Make a sparse ext4 image `<workspace>.img` of `size` bytes and mount it on `workspace`.
+
+    The image lies next to the workspace (root-only, 0600), so a session's files stay in one
+    place. `discard` gives deleted blocks back to the host; nosuid/nodev as for any user mount.
+    Raises OSError or CalledProcessError; nothing is left mounted then.
+    """
+    image = workspace.with_name(workspace.name + ".img")
+    if image.exists():  # kept from an earlier life of the session: mount it again
+        mount = ["mount", "-o", "loop,nosuid,nodev,discard", str(image), str(workspace)]
+        subprocess.run(mount, capture_output=True, timeout=60, check=True)
+        _own_tree(workspace, uid, gid)  # the session may have another uid this time
+        return image
+    fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+    try:
+        mkfs = [_system_tool("mkfs.ext4") or "mkfs.ext4", *_MKFS_OPTIONS, "-E", f"root_owner={uid}:{gid}", str(image)]
+        subprocess.run(mkfs, capture_output=True, timeout=60, check=True)
+        mount = ["mount", "-o", "loop,nosuid,nodev,discard", str(image), str(workspace)]
+        subprocess.run(mount, capture_output=True, timeout=60, check=True)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            image.unlink()
+        raise
+    with contextlib.suppress(OSError):
+        (workspace / "lost+found").rmdir()  # mkfs's; e2fsck makes it again if ever needed
+    workspace.chmod(0o700)
+    return image
+
+
+def _own_tree(root: Path, uid: int, gid: int) -> None:
+    """Give every file under `root` to (uid, gid) if the root is not theirs already (a kept
+    workspace whose session got another uid); symlinks themselves, never their targets."""
+    if root.stat().st_uid == uid:
+        return
+    os.lchown(root, uid, gid)
+    for directory, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            with contextlib.suppress(OSError):
+                os.lchown(os.path.join(directory, name), uid, gid)
+
+
+def _unmount(path: Path) -> None:
+    """Unmount `path`; lazily if busy, so closing a session never hangs on a straggler."""
+    for cmd in (["umount", str(path)], ["umount", "--lazy", str(path)]):
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("%s failed: %s", " ".join(cmd), exc)
+            continue
+        if done.returncode == 0:
+            return
+        log.warning("%s failed: %s", " ".join(cmd), done.stderr.strip())
+
+
+def _mounts_under(path: Path) -> list[Path]:
+    """Mount points at or below `path` in our mount namespace, deepest first."""
+    prefix = str(path).rstrip("/")
+    found = []
+    for line in _read("/proc/self/mountinfo").splitlines():
+        fields = line.split()
+        if len(fields) > 4:
+            point = fields[4].replace("\\040", " ")
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(Path(point))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def _probe_loop_disk(state_dir: Path) -> str | None:
+    """None if a session disk can be made here (mkfs.ext4 and a loop mount work), else why not."""
+    if _system_tool("mkfs.ext4") is None:
+        return "mkfs.ext4 is not installed (apt-get install e2fsprogs)"
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        probe = Path(tempfile.mkdtemp(prefix="disk-probe-", dir=state_dir))
+    except OSError as exc:
+        return f"cannot write {state_dir}: {exc}"
+    try:
+        (probe / "ws").mkdir()
+        _mount_disk(probe / "ws", 8 * _MiB, 0, 0)
+        _unmount(probe / "ws")
+        return None
+    except subprocess.CalledProcessError as exc:
+        detail = exc.stderr.decode(errors="replace").strip() if isinstance(exc.stderr, bytes) else str(exc)
+        return f"a loop-mounted disk image could not be made: {detail or exc}"
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"a loop-mounted disk image could not be made: {exc}"
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+def claim_box(runner: SandboxRunner, session: Session) -> None:
+    """Make `session` close its sandbox box (kill its uid's processes, unmount its disk, free its
+    uid) when it closes. Tools call this before registering their own cleanups, so it runs after
+    them (cleanups run last-in first-out). Idempotent; harmless with the session manager's
+    `on_remove`, which closes the same box."""
+    if session.state.get(_BOX_CLAIMED) is runner:
+        return
+    session.state[_BOX_CLAIMED] = runner
+    workspace = session.workspace
+
+    async def close() -> None:
+        # The files stay: a closed session keeps them until it is deleted or expires (the
+        # session manager's on_remove deletes the disk image then).
+        await asyncio.to_thread(functools.partial(runner.close_workspace, workspace, keep_files=True))
+
+    session.add_cleanup(close)

@@ -3,6 +3,13 @@
 `SessionManager` owns them: it creates workspaces, bounds how many sessions live at once,
 evicts idle ones (running their cleanups, e.g. kernel shutdown) and never lets one API key
 reach another key's session, whatever `session_id` it sends.
+
+Lifecycle: a session's *files* outlive its *process state*. Idle eviction and a server
+restart close the session (the kernel and its variables are gone) but keep the workspace on
+disk; the same `session_id` later finds its files again (`Session.restored`). Files go when
+the session is deleted, or when it has not been used for `ttl_seconds` (`--session-ttl`).
+Each workspace has a root-owned `<workspace>.json` beside it (never inside: the sandbox must
+not edit it) with the session id and times, so a restarted server can list and expire them.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -43,6 +51,9 @@ class Session:
     _cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     created: float = field(default_factory=time.time)  # wall clock, for listings
     throwaway: bool = False  # made for a request without session_id; closed when released
+    # The workspace was kept from an earlier life of this session (eviction or a restart):
+    # its files are back, its process state (kernel variables) is not.
+    restored: bool = False
     # Held while a tool runs, so two requests on one session never run tools at the same time.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     _users: int = field(default=0, init=False, repr=False)  # requests between get() and release()
@@ -87,8 +98,9 @@ class SessionInfo:
     session_id: str
     created: float  # unix time
     last_used: float  # unix time
-    file_count: int
-    size_bytes: int
+    file_count: int  # files in the workspace; -1 when it is closed (its disk is not mounted)
+    size_bytes: int  # bytes the workspace takes on disk
+    live: bool = True  # False: closed (evicted or from before a restart), files kept until the TTL
 
 
 class SessionManager:
@@ -107,14 +119,24 @@ class SessionManager:
         max_sessions: int,
         *,
         on_create: Callable[[Path], None] | None = None,
+        on_remove: Callable[[Path], None] | None = None,
+        on_close: Callable[[Path], None] | None = None,
+        ttl_seconds: float = 7 * 24 * 3600.0,
     ) -> None:
         if max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
         self.root = Path(root)
         self.idle_seconds = idle_seconds
         self.max_sessions = max_sessions
-        # Called with each new workspace, e.g. to chown it to the sandbox's uid.
+        # Called with each new workspace, e.g. to chown it to the sandbox's uid and mount its disk.
         self.on_create = on_create
+        # Called (in a worker thread) before a workspace or a stale key directory is removed,
+        # e.g. to kill the session's processes and unmount its disk. Must not raise.
+        self.on_remove = on_remove
+        # Called (in a worker thread) when a session closes but its files stay (eviction,
+        # shutdown, and for every kept workspace at start-up), e.g. to unmount its disk.
+        self.on_close = on_close
+        self.ttl_seconds = ttl_seconds
         self._sessions: dict[tuple[str, str], Session] = {}
         self._throwaways: set[Session] = set()
         # Sessions being closed, by key: a new session with that key waits, so it never gets a
@@ -130,23 +152,29 @@ class SessionManager:
         await self.close()
 
     def start(self) -> None:
-        """Remove workspaces left by an earlier process and start the idle sweep (needs a running loop)."""
+        """Take over the workspaces an earlier process kept, remove the expired ones, and start
+        the idle sweep (needs a running loop)."""
         if self._sweeper is not None:
             return
-        self._purge_stale()
+        self._recover()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="session-sweeper")
 
     async def close(self) -> None:
-        """Stop the sweep and close every session, in use or not (server shutdown)."""
+        """Stop the sweep and close every session, in use or not (server shutdown). Named
+        sessions keep their files for the next start; throwaway ones are removed."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
-        sessions = [*self._sessions.values(), *self._throwaways]
+        named, throwaways = list(self._sessions.values()), list(self._throwaways)
         self._sessions.clear()
         self._throwaways.clear()
-        await asyncio.gather(*(_dispose(s) for s in sessions))
+        for session in named:
+            session.cancel_running()
+        await asyncio.gather(
+            *(self._dispose(s, keep_files=True) for s in named), *(self._dispose(s) for s in throwaways)
+        )
 
     @property
     def live_count(self) -> int:
@@ -167,9 +195,13 @@ class SessionManager:
                 break
             victim = min((s for s in self._sessions.values() if not s.in_use), key=lambda s: s.last_used, default=None)
             if victim is not None:
-                log.info("evicting session %s to make room (cap %d)", victim.session_id, self.max_sessions)
+                log.info(
+                    "evicting session %s to make room (cap %d; its files are kept)",
+                    victim.session_id,
+                    self.max_sessions,
+                )
                 del self._sessions[(victim.key_id, victim.session_id)]
-                await self._retire(victim)
+                await self._retire(victim, keep_files=True)
             elif self._closing:
                 await next(iter(self._closing.values())).wait()
             else:
@@ -191,9 +223,11 @@ class SessionManager:
         """The request is done with `session`; a throwaway one is closed now."""
         session._users = max(0, session._users - 1)
         session.touch()
+        if not session.throwaway and not session.closed:
+            await asyncio.to_thread(_write_meta, session)
         if session.throwaway and session._users == 0 and session in self._throwaways:
             self._throwaways.discard(session)
-            await _dispose(session)
+            await self._dispose(session)
 
     @contextlib.asynccontextmanager
     async def session(self, key_id: str, session_id: str | None) -> AsyncIterator[Session]:
@@ -205,25 +239,39 @@ class SessionManager:
             await self.release(session)
 
     async def list(self, key_id: str) -> list[SessionInfo]:
-        """This key's named sessions (throwaways are not listed), oldest first."""
+        """This key's named sessions, live or closed with files kept (throwaways are not
+        listed), oldest first."""
         mine = sorted((s for (owner, _), s in self._sessions.items() if owner == key_id), key=lambda s: s.created)
         to_unix = time.time() - time.monotonic()  # last_used is monotonic; listings show unix time
         infos = []
         for s in mine:
             file_count, size = await asyncio.to_thread(_disk_usage, s.workspace)
             infos.append(SessionInfo(s.session_id, s.created, s.last_used + to_unix, file_count, size))
-        return infos
+        live = {s.workspace for s in mine}
+        for meta in await asyncio.to_thread(self._kept, key_id):
+            workspace = Path(meta["workspace"])
+            if workspace not in live:  # closed, or closing now
+                size = await asyncio.to_thread(_allocated, workspace)
+                infos.append(SessionInfo(meta["session_id"], meta["created"], meta["last_used"], -1, size, live=False))
+        return sorted(infos, key=lambda i: i.created)
 
     async def delete(self, key_id: str, session_id: str) -> bool:
-        """Close the session and remove its workspace; False if this key has no such session.
+        """Close the session and remove its workspace (kept files too); False if this key has
+        no such session, live or kept.
 
         A tool call running in it is cancelled (its result says so); a request still holding
         the session sees `closed`.
         """
         session = self._sessions.pop((key_id, session_id), None)
-        if session is None:
+        if session is not None:
+            await self._retire(session)
+            return True
+        while (closing := self._closing.get((key_id, session_id))) is not None:
+            await closing.wait()  # an eviction is closing it: delete what it keeps after
+        workspace = self.workspace_for(key_id, session_id)
+        if not _meta_path(workspace).exists() and not workspace.exists():
             return False
-        await self._retire(session)
+        await asyncio.to_thread(self._remove_workspace, workspace)
         return True
 
     async def evict_idle(self) -> int:
@@ -231,9 +279,12 @@ class SessionManager:
         cutoff = time.monotonic() - self.idle_seconds
         expired = [s for s in self._sessions.values() if not s.in_use and s.last_used < cutoff]
         for session in expired:
-            log.info("session %s idle for over %.0f s: closing", session.session_id, self.idle_seconds)
+            log.info(
+                "session %s idle for over %.0f s: closing (its files are kept)", session.session_id, self.idle_seconds
+            )
             self._sessions.pop((session.key_id, session.session_id))
-        await asyncio.gather(*(self._retire(s) for s in expired))
+        await asyncio.gather(*(self._retire(s, keep_files=True) for s in expired))
+        await asyncio.to_thread(self._expire_kept)
         return len(expired)
 
     def workspace_for(self, key_id: str, session_id: str) -> Path:
@@ -242,6 +293,7 @@ class SessionManager:
 
     def _new_session(self, key_id: str, session_id: str, *, throwaway: bool) -> Session:
         workspace = self.workspace_for(key_id, session_id)
+        restored = not throwaway and _meta_path(workspace).exists()
         for parent in (self.root, workspace.parent):
             parent.mkdir(parents=True, exist_ok=True)
             os.chmod(parent, PARENT_MODE)  # mkdir's mode is filtered by the umask
@@ -249,18 +301,27 @@ class SessionManager:
         os.chmod(workspace, WORKSPACE_MODE)
         if self.on_create is not None:
             self.on_create(workspace)
+        session = Session(
+            key_id=key_id, session_id=session_id, workspace=workspace, throwaway=throwaway, restored=restored
+        )
+        if restored:
+            session.created = _read_meta(workspace).get("created", session.created)
+            log.info("session %s restored: its files were kept, its process state was not", session_id)
+        if not throwaway:
+            _write_meta(session)
         log.debug("session %s created at %s", session_id, workspace)
-        return Session(key_id=key_id, session_id=session_id, workspace=workspace, throwaway=throwaway)
+        return session
 
-    async def _retire(self, session: Session) -> None:
-        """Close a session already removed from `_sessions`, once no tool runs in it."""
+    async def _retire(self, session: Session, *, keep_files: bool = False) -> None:
+        """Close a session already removed from `_sessions`, once no tool runs in it (a
+        running call is cancelled); its files are removed unless `keep_files`."""
         key = (session.key_id, session.session_id)
         # Registered before the first await, so `live_count` never drops while it closes.
         done = self._closing[key] = asyncio.Event()
         session.cancel_running()
         try:
             async with session.lock:
-                await _dispose(session)
+                await self._dispose(session, keep_files=keep_files)
         finally:
             del self._closing[key]
             done.set()
@@ -274,20 +335,107 @@ class SessionManager:
             except Exception:
                 log.exception("idle session sweep failed")
 
-    def _purge_stale(self) -> None:
-        # Sessions live in memory, so workspaces found at start-up belong to no one. Only
-        # directories named like ours are touched, in case root points somewhere shared.
+    def _recover(self) -> None:
+        """At start-up: every workspace an earlier process left is closed (its disk unmounted);
+        those with a session record are kept until their TTL, the rest removed. Only
+        directories named like ours are touched, in case root points somewhere shared."""
         if not self.root.is_dir():
             return
-        for child in self.root.iterdir():
-            if _KEY_DIR.match(child.name) and child.is_dir() and not child.is_symlink():
-                log.info("removing stale session workspaces in %s", child)
-                _remove_tree(child)
+        kept = 0
+        for key_dir in self.root.iterdir():
+            if not (_KEY_DIR.match(key_dir.name) and key_dir.is_dir() and not key_dir.is_symlink()):
+                continue
+            for workspace in key_dir.iterdir():
+                if not workspace.is_dir() or workspace.is_symlink():
+                    continue
+                self._close_workspace(workspace)
+                if _meta_path(workspace).exists():
+                    kept += 1
+                else:
+                    self._remove_workspace(workspace)  # a throwaway's, or from before session records
+        self._expire_kept()
+        if kept:
+            log.info("%d closed sessions kept from before; their files are there for their next call", kept)
+
+    def _kept(self, key_id: str | None = None) -> list[dict[str, Any]]:
+        """The records of workspaces on disk (all keys, or one), each with its `workspace`."""
+        dirs = [self.root / _digest(key_id)[:16]] if key_id is not None else list(self.root.glob("*"))
+        out = []
+        for key_dir in dirs:
+            if not (_KEY_DIR.match(key_dir.name) and key_dir.is_dir()):
+                continue
+            for path in key_dir.glob("*.json"):
+                meta = _read_meta(path.with_suffix(""))
+                if meta.get("session_id") is not None:
+                    out.append({**meta, "workspace": str(path.with_suffix(""))})
+        return out
+
+    def _expire_kept(self) -> None:
+        """Remove closed sessions' files unused for `ttl_seconds`."""
+        cutoff = time.time() - self.ttl_seconds
+        live = {s.workspace for s in self._sessions.values()}
+        for meta in self._kept():
+            workspace = Path(meta["workspace"])
+            if workspace not in live and meta.get("last_used", 0) < cutoff:
+                log.info("session %s unused for over %.0f s: removing its files", meta["session_id"], self.ttl_seconds)
+                self._remove_workspace(workspace)
+
+    async def _dispose(self, session: Session, *, keep_files: bool = False) -> None:
+        await session.close()
+        if keep_files and not session.throwaway:
+            await asyncio.to_thread(_write_meta, session)
+            await asyncio.to_thread(self._close_workspace, session.workspace)
+        else:
+            await asyncio.to_thread(self._remove_workspace, session.workspace)
+
+    def _close_workspace(self, path: Path) -> None:
+        if self.on_close is not None:
+            try:
+                self.on_close(path)
+            except Exception:
+                log.exception("on_close hook failed for %s", path)
+
+    def _remove_workspace(self, path: Path) -> None:
+        if self.on_remove is not None:
+            try:
+                self.on_remove(path)
+            except Exception:
+                log.exception("on_remove hook failed for %s", path)
+        _remove_tree(path)
+        with contextlib.suppress(FileNotFoundError):
+            _meta_path(path).unlink()
 
 
-async def _dispose(session: Session) -> None:
-    await session.close()
-    await asyncio.to_thread(_remove_tree, session.workspace)
+def _meta_path(workspace: Path) -> Path:
+    return workspace.with_name(workspace.name + ".json")
+
+
+def _write_meta(session: Session) -> None:
+    """Record the session beside its workspace (root-owned, outside every sandbox)."""
+    to_unix = time.time() - time.monotonic()
+    meta = {"session_id": session.session_id, "created": session.created, "last_used": session.last_used + to_unix}
+    path = _meta_path(session.workspace)
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(OSError):
+        tmp.write_text(json.dumps(meta))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+
+
+def _read_meta(workspace: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(_meta_path(workspace).read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _allocated(path: Path) -> int:
+    """Bytes a closed workspace takes: its disk image's allocated blocks, or its files'."""
+    image = path.with_name(path.name + ".img")
+    with contextlib.suppress(OSError):
+        return image.stat().st_blocks * 512
+    return _disk_usage(path)[1]
 
 
 def _digest(text: str) -> str:

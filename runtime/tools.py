@@ -32,6 +32,7 @@ class ToolOutput:
     text: str
     is_error: bool = False
     attachments: list[Attachment] = field(default_factory=list)
+    session_restored: bool = False  # set by the runtime, not by tools (see `ToolResult`)
 
 
 @dataclass(slots=True)

@@ -102,6 +102,7 @@ def tool_result_body(result: ToolResult) -> dict[str, Any]:
         "output": result.output,
         "is_error": result.is_error,
         "attachments": result.attachments,
+        "session_restored": result.session_restored,
     }
 
 

@@ -14,7 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 from runtime.hookspecs import hookimpl
-from runtime.sandbox import SESSION_STATE_KEY, RunResult, SandboxConfig, SandboxRunner, SandboxUnavailable
+from runtime.sandbox import (
+    SESSION_STATE_KEY,
+    RunResult,
+    SandboxConfig,
+    SandboxRunner,
+    SandboxUnavailable,
+    claim_box,
+)
 from runtime.tools import Tool, ToolContext, ToolOutput
 
 log = logging.getLogger(__name__)
@@ -60,12 +67,18 @@ class BashTool:
             runner = self.runner_for(context.session.state)
             requested = arguments.get("timeout") or runner.config.default_timeout
             timeout = max(1.0, min(float(requested), runner.config.max_timeout, context.seconds_left))
+            claim_box(runner, context.session)
             result = await runner.run(str(arguments["command"]), context.session.workspace, timeout=timeout)
         except SandboxUnavailable as exc:
             return ToolOutput(str(exc), is_error=True)
         except Exception as exc:  # a tool reports, it never takes the request down
             log.exception("bash tool failed")
             return ToolOutput(f"The bash tool failed: {type(exc).__name__}: {exc}", is_error=True)
+        if result.reason is not None:  # the log says why, whatever the model does with it
+            log.warning("bash in session %s: %s", context.session.session_id, result.reason)
+        if result.sandbox_failed:  # the command never ran: the tool failed, not the command
+            why = f": {result.reason}" if result.reason else ""
+            return ToolOutput(f"The bash sandbox could not start{why}.\n{result.stderr.strip()}", is_error=True)
         # A non-zero exit is the command's answer, not a failure of the tool.
         return ToolOutput(format_result(result, timeout))
 
@@ -80,6 +93,8 @@ def format_result(result: RunResult, timeout: float) -> str:
         parts.append(f"[timed out after {timeout:g} s: the command and every process it started were killed]")
     else:
         parts.append(f"[exit code: {result.exit_code}{_signal_note(result.exit_code)}]")
+        if result.reason is not None and not result.reason.startswith("killed by"):  # a limit: say which
+            parts.append(f"[{result.reason}]")
     return "\n".join(parts)
 
 

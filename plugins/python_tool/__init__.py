@@ -16,7 +16,7 @@ from typing import Any
 
 from plugins.python_tool.kernel import KernelStartError, SessionKernel
 from runtime.hookspecs import hookimpl
-from runtime.sandbox import SESSION_STATE_KEY, SandboxConfig, SandboxRunner, SandboxUnavailable
+from runtime.sandbox import SESSION_STATE_KEY, SandboxConfig, SandboxRunner, SandboxUnavailable, claim_box
 from runtime.tools import Tool, ToolContext, ToolOutput
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ class PythonTool:
         try:
             runner = self.runner_for(session.state)
             runner.ensure_available()
+            claim_box(runner, session)
             kernel = session.state.get(STATE_KEY)
             if not isinstance(kernel, SessionKernel):
                 kernel = SessionKernel(runner, session.workspace, interpreter=self.interpreter, ro_binds=self.ro_binds)

@@ -9,6 +9,13 @@ Why it is built this way (see notes/sandbox.md):
 - The interpreter must be visible inside the sandbox: Debian's /usr/bin/python3 (with the
   `python3-ipykernel` package) by default, since a venv whose base interpreter lives under /root
   cannot be traversed by the sandbox uid.
+- The kernel runs as its session's own uid (`SandboxRunner.uid_for`), so its processes and
+  threads count against that session's RLIMIT_NPROC only.
+- A reaper thread in the kernel (`BOOT`) waits for children that have been zombies for over a
+  second and that no live `subprocess.Popen` or `multiprocessing` process tracks: code that
+  forks without waiting would otherwise pile zombies up against the process limit. (Code that
+  forks and calls `os.waitpid` on the pid more than a second after the child exits gets
+  ChildProcessError.)
 """
 
 from __future__ import annotations
@@ -36,6 +43,59 @@ log = logging.getLogger(__name__)
 DEFAULT_INTERPRETER = "/usr/bin/python3"
 INTERPRETER_ENV = "TOOLSTUDIO_KERNEL_PYTHON"  # operator override without code changes
 LOST_STATE = "all variables, imports and definitions from earlier calls are gone"
+
+# `python -c BOOT -f CONNECTION_FILE ...`: start the zombie reaper, then do what
+# `python -m ipykernel_launcher` does. Nothing lands in the user's namespace.
+BOOT = """
+import sys, threading
+
+def _reap_untracked_zombies():
+    import gc, os, time
+    seen = set()
+    while True:
+        time.sleep(1.0)
+        try:
+            zombies = set()
+            for task in os.listdir('/proc/self/task'):
+                try:
+                    with open(f'/proc/self/task/{task}/children') as f:
+                        children = f.read().split()
+                except OSError:
+                    continue
+                for child in children:
+                    try:
+                        with open(f'/proc/{child}/stat') as f:
+                            if f.read().rpartition(')')[2].split()[0] == 'Z':
+                                zombies.add(int(child))
+                    except (OSError, IndexError):
+                        continue
+            old, seen = zombies & seen, zombies
+            if not old:
+                continue
+            tracked = set()
+            sp = sys.modules.get('subprocess')
+            if sp is not None:
+                tracked.update(o.pid for o in gc.get_objects() if isinstance(o, sp.Popen) and o.returncode is None)
+            mp = sys.modules.get('multiprocessing.process')
+            for proc in list(getattr(mp, '_children', ())):
+                popen = getattr(proc, '_popen', None)
+                if popen is not None and popen.returncode is None:
+                    tracked.add(popen.pid)
+            for pid in old - tracked:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+        except Exception:
+            pass
+
+threading.Thread(target=_reap_untracked_zombies, name='toolstudio-reaper', daemon=True).start()
+del _reap_untracked_zombies
+if sys.path and sys.path[0] == '':
+    del sys.path[0]
+from ipykernel import kernelapp
+kernelapp.launch_new_instance()
+"""
 
 
 class KernelStartError(RuntimeError):
@@ -109,6 +169,12 @@ class SessionKernel:
                 with contextlib.suppress(Exception):
                     await self._km.interrupt_kernel()
                 raise
+            if result.error_name is not None or result.kernel_died:
+                self._explain_limit(result)
+            if result.timed_out or result.kernel_died:  # the log says why the call ended badly
+                what = "the kernel died" if result.kernel_died else f"timed out after {timeout:g} s"
+                stuck = " and ignored the interrupt (killed)" if result.stuck else ""
+                log.warning("python in %s: %s%s", self.workspace.name, what, stuck)
             if result.kernel_died or result.stuck:
                 await self._stop()
                 with contextlib.suppress(KernelStartError):  # the next call retries and reports
@@ -118,12 +184,22 @@ class SessionKernel:
             result.notes[:0] = notes
             return result
 
+    def _explain_limit(self, result: Execution) -> None:
+        """Add a note (and a log line) when a sandbox limit is the likely cause of the failure."""
+        text = result.output.text()
+        if result.kernel_died and self._runtime_dir is not None:
+            text += _tail(self._runtime_dir / "kernel.log")
+        reason = self.runner.explain(text, self.workspace, limits=self.runner.config.kernel_limits)
+        if reason is not None:
+            result.notes.append(reason[0].upper() + reason[1:] + ".")
+            log.warning("python in %s: %s", self.workspace.name, reason)
+
     async def shutdown(self) -> None:
         async with self._lock:
             await self._stop()
 
     def _kernel_spec(self) -> KernelSpec:
-        argv = [self.interpreter, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        argv = [self.interpreter, "-c", BOOT, "-f", "{connection_file}"]
         # No history database: nothing to write, one thread fewer, faster start.
         argv.append("--HistoryManager.enabled=False")
         return KernelSpec(argv=argv, display_name="toolstudio", language="python", interrupt_mode="message")
@@ -133,6 +209,8 @@ class SessionKernel:
         runner = self.runner
         owner: tuple[int, int] | None = None
         if runner.sandboxed:
+            if os.geteuid() == 0:
+                owner = runner.uid_for(self.workspace)
             env = {"MPLCONFIGDIR": "/tmp/matplotlib", "IPYTHONDIR": "/tmp/ipython", "PYTHONUNBUFFERED": "1"}
             prefix = runner.argv(
                 [],
@@ -143,8 +221,6 @@ class SessionKernel:
                 limits=runner.config.kernel_limits,
             )
             launch_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # for setpriv/prlimit/bwrap; bwrap clears it
-            if os.geteuid() == 0:
-                owner = (runner.uid, runner.gid)
         else:
             prefix = runner.argv([], self.workspace, limits=runner.config.kernel_limits)
             private = {"MPLCONFIGDIR": str(runtime_dir / "mpl"), "IPYTHONDIR": str(runtime_dir / "ipy")}
@@ -163,7 +239,8 @@ class SessionKernel:
         self.runner.ensure_available()
         self.runner.prepare_workspace(self.workspace)
         await asyncio.to_thread(_purge_stale_runtime_dirs, self.runner.config.state_dir / "run")
-        self._runtime_dir = runtime_dir = self.runner.make_private_dir("kernel-")
+        owner = self.runner.uid_for(self.workspace) if self.runner.sandboxed else None
+        self._runtime_dir = runtime_dir = self.runner.make_private_dir("kernel-", owner)
         log_path = runtime_dir / "kernel.log"
         started = time.monotonic()
         try:
@@ -186,14 +263,29 @@ class SessionKernel:
             await self._kc.wait_for_ready(timeout=self.startup_timeout)
         except Exception as exc:
             detail = _tail(log_path)
+            why = self._why_not_started(detail)  # before _stop: the count needs the live box
             await self._stop()
+            log.warning("python kernel for %s did not start: %s", self.workspace.name, why)
             raise KernelStartError(
-                f"The Python kernel failed to start ({type(exc).__name__}: {exc}). Interpreter: "
-                f"{self.interpreter} (it needs ipykernel, e.g. `apt-get install python3-ipykernel`; "
-                f"set {INTERPRETER_ENV} to use another).{detail}"
+                f"The Python kernel failed to start ({type(exc).__name__}: {exc}): {why}.{detail}"
             ) from exc
         self.start_seconds = time.monotonic() - started
         log.info("python kernel started for %s in %.2f s", self.workspace, self.start_seconds)
+
+    def _why_not_started(self, kernel_log: str) -> str:
+        """The likely cause of a failed start, from the kernel's log: a limit, or the interpreter."""
+        limits = self.runner.config.kernel_limits
+        if limit := self.runner.explain(kernel_log, self.workspace, file_limit=False, limits=limits):
+            return limit
+        missing = ("No module named", "execvp", "No such file or directory", "ModuleNotFoundError")
+        if not kernel_log:
+            return f"it did not answer within {self.startup_timeout:g} s and wrote nothing to its log"
+        if any(sign in kernel_log for sign in missing):
+            return (
+                f"the interpreter {self.interpreter} is missing or lacks ipykernel (e.g. `apt-get install "
+                f"python3-ipykernel`; set {INTERPRETER_ENV} to use another)"
+            )
+        return "see the kernel log below"
 
     async def _stop(self) -> None:
         km, kc, runtime_dir = self._km, self._kc, self._runtime_dir

@@ -257,6 +257,7 @@ def test_server_tool_frames_are_tolerated_by_the_sdk(fake_server: FakeServer) ->
         "output": "2",
         "is_error": False,
         "attachments": [],
+        "session_restored": False,
     }
 
     whole = client.messages.create(model="m", max_tokens=50, messages=HI)

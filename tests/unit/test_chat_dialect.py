@@ -115,6 +115,7 @@ def test_server_tool_frames_are_valid_chunks_and_never_client_calls(fake_server:
             "output": "2",
             "is_error": False,
             "attachments": [],
+            "session_restored": False,
         }
     ]
     assert all(not c.choices[0].delta.tool_calls for c in chunks if c.choices)

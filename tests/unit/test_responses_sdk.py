@@ -366,6 +366,7 @@ def test_server_tool_results_are_an_extension_field_when_not_streaming(fake_serv
             "output": "42",
             "is_error": False,
             "attachments": [],
+            "session_restored": False,
         }
     ]
     # The next turn sees the server's call and its result in the conversation.

@@ -51,7 +51,7 @@ def processes_with(marker: str) -> list[str]:
 async def test_runs_unprivileged_in_workspace(runner: SandboxRunner, workspace: Path) -> None:
     result = await runner.run("id -u; pwd; hostname; echo oops >&2; exit 3", workspace)
     uid, cwd, host = result.stdout.split()
-    assert int(uid) == runner.uid
+    assert int(uid) == runner.uid_for(workspace)[0]
     if os.geteuid() == 0:
         assert runner.uid != 0
     assert (cwd, host) == ("/workspace", "sandbox")
@@ -181,9 +181,9 @@ async def test_stdin(runner: SandboxRunner, workspace: Path) -> None:
 async def test_workspace_is_owned_by_sandbox_uid(runner: SandboxRunner, workspace: Path) -> None:
     await runner.run("echo hi > note.txt", workspace)
     st = workspace.stat()
-    assert (st.st_uid, st.st_gid) == (runner.uid, runner.gid)
+    assert (st.st_uid, st.st_gid) == runner.uid_for(workspace)
     assert st.st_mode & 0o077 == 0
-    assert (workspace / "note.txt").stat().st_uid == runner.uid
+    assert (workspace / "note.txt").stat().st_uid == runner.uid_for(workspace)[0]
 
 
 async def test_mount_hop_only_when_workspace_unreachable(runner: SandboxRunner, tmp_path: Path) -> None:

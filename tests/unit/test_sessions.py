@@ -114,10 +114,10 @@ async def test_idle_sessions_are_evicted_but_sessions_in_use_are_not(tmp_path: P
                 break
             await asyncio.sleep(0.05)
         assert closed == ["idle"]
-        assert not idle.workspace.exists()
-        assert [i.session_id for i in await manager.list("key")] == ["busy"]
+        listed = {i.session_id: i.live for i in await manager.list("key")}
+        assert listed == {"busy": True, "idle": False}  # closed, its files kept
         fresh = await manager.get("key", "idle")
-        assert fresh is not idle
+        assert fresh is not idle and fresh.restored and not busy.restored
         assert fresh.workspace.is_dir()
 
 
@@ -144,7 +144,7 @@ async def test_when_full_the_oldest_idle_session_is_evicted_and_cleaned_up(tmp_p
         assert closed == ["oldest"]
         assert manager.live_count == 2
         assert third.workspace.is_dir()
-        assert [i.session_id for i in await manager.list("key")] == ["newer"]
+        assert [(i.session_id, i.live) for i in await manager.list("key")] == [("oldest", False), ("newer", True)]
 
 
 async def test_when_full_of_sessions_in_use_get_raises_overloaded(tmp_path: Path) -> None:
@@ -220,15 +220,58 @@ async def test_close_closes_every_session(tmp_path: Path) -> None:
     assert manager.live_count == 0
 
 
-async def test_start_removes_workspaces_left_by_an_earlier_process(tmp_path: Path) -> None:
-    stale = tmp_path / "0123456789abcdef" / "old-session"
+async def test_start_removes_unrecorded_workspaces_left_by_an_earlier_process(tmp_path: Path) -> None:
+    stale = tmp_path / "0123456789abcdef" / "old-session"  # no session record: a throwaway's
     stale.mkdir(parents=True)
     (stale / "file").write_text("x")
     unrelated = tmp_path / "not-ours"
     unrelated.mkdir()
     async with SessionManager(tmp_path, idle_seconds=60, max_sessions=2):
-        assert not stale.parent.exists()
+        assert not stale.exists()
         assert unrelated.exists()
+
+
+async def test_files_survive_restart_and_eviction_until_delete(tmp_path: Path) -> None:
+    async with SessionManager(tmp_path, idle_seconds=3600, max_sessions=4) as manager:
+        session = await manager.get("key", "notebook")
+        (session.workspace / "data.csv").write_text("a,b\n1,2\n")
+        await manager.release(session)
+        throwaway = await manager.get("key", None)
+        (throwaway.workspace / "tmp.txt").write_text("x")
+    # A new server process on the same data directory.
+    async with SessionManager(tmp_path, idle_seconds=3600, max_sessions=4) as manager:
+        [info] = await manager.list("key")
+        assert (info.session_id, info.live) == ("notebook", False) and info.size_bytes > 0
+        assert await manager.list("other-key") == []
+        back = await manager.get("key", "notebook")
+        assert back.restored and (back.workspace / "data.csv").read_text() == "a,b\n1,2\n"
+        assert abs(back.created - session.created) < 1  # the same session, not a new one
+        assert not throwaway.workspace.exists()
+        await manager.release(back)
+        assert await manager.delete("key", "notebook")
+    async with SessionManager(tmp_path, idle_seconds=3600, max_sessions=4) as manager:
+        assert await manager.list("key") == []
+        fresh = await manager.get("key", "notebook")
+        assert not fresh.restored and not (fresh.workspace / "data.csv").exists()
+
+
+async def test_kept_files_expire_after_the_ttl_and_can_be_deleted_while_closed(tmp_path: Path) -> None:
+    async with SessionManager(tmp_path, idle_seconds=0.1, max_sessions=4, ttl_seconds=0.5) as manager:
+        for name in ("expires", "deleted"):
+            session = await manager.get("key", name)
+            (session.workspace / "f").write_text(name)
+            await manager.release(session)
+        for _ in range(100):
+            if all(not i.live for i in await manager.list("key")):
+                break
+            await asyncio.sleep(0.05)
+        assert {i.session_id for i in await manager.list("key")} == {"expires", "deleted"}
+        assert await manager.delete("key", "deleted")  # closed, but its files go now
+        assert not await manager.delete("key", "deleted")
+        await asyncio.sleep(0.8)
+        await manager.evict_idle()  # the sweep also expires kept files
+        assert await manager.list("key") == []
+        assert not manager.workspace_for("key", "expires").exists()
 
 
 async def test_cleanup_failures_are_logged_not_raised(
