@@ -209,7 +209,7 @@ def test_unknown_format_is_an_annotation_outside_strict_mode(model: LlamaModel) 
 
 
 def test_tool_schema_errors_name_the_tool_parameter() -> None:
-    tool = ToolSpec("t", parameters={"type": "object", "properties": {"x": {"not": {}}}})
+    tool = ToolSpec("t", parameters={"type": "object", "properties": {"x": {"not": {"type": "string"}}}})
     with pytest.raises(UnsupportedFeature) as caught:
         GenericFormat().grammar([tool], ToolChoice("required"), True)
     assert caught.value.param == "tools[0]"
@@ -383,3 +383,45 @@ def test_emoji_const_on_real_tokenizers(vocab: str) -> None:
     g = schema_grammar({"type": "object", "properties": {"s": {"const": "🎉"}}, "required": ["s"]}, strict=True)
     assert accepts_real(real_vocab(vocab), g, '{"s": "🎉"}')
     assert not accepts_real(real_vocab(vocab), g, '{"s": "\ufffd"}')
+
+
+# -- `not: {}` is the false schema (pydantic, MCP servers) -----------------------------------------
+
+
+def test_a_false_branch_of_anyof_is_dropped(model: LlamaModel) -> None:
+    # pydantic writes an excluded type as `{"not": {}}`; before, every such request was a 400.
+    g = schema_grammar({"anyOf": [{"anyOf": [{"not": {}}, {"type": "boolean"}]}, {"type": "null"}]}, strict=True)
+    for good in ("true", "false", "null"):
+        assert accepts(model, g, good), good
+    for bad in ('"x"', "1", "{}"):
+        assert not accepts(model, g, bad), bad
+    assert accepts(model, schema_grammar({"anyOf": [False, {"type": "integer"}]}, strict=True), "7")
+
+
+def test_additional_properties_not_empty_is_additional_properties_false(model: LlamaModel) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": {"not": {}}}
+    g = schema_grammar(schema, strict=True)
+    assert accepts(model, g, '{"a": 1}')
+    assert not accepts(model, g, '{"a": 1, "b": 2}')
+
+
+def test_false_property_schemas_and_a_property_named_not(model: LlamaModel) -> None:
+    g = schema_grammar({"type": "object", "properties": {"not": {"type": "integer"}}, "required": ["not"]}, strict=True)
+    assert accepts(model, g, '{"not": 5}')  # a property called "not" is data, not the keyword
+    absent = {"type": "object", "properties": {"gone": {"not": {}}, "b": {"type": "integer"}}, "required": ["b"]}
+    g = schema_grammar(absent, strict=True)
+    assert accepts(model, g, '{"b": 1}') and not accepts(model, g, '{"b": 1, "gone": 2}')
+
+
+@pytest.mark.parametrize(
+    ("schema", "needle"),
+    [
+        ({"not": {"type": "string"}}, "'not'"),  # any other `not` is still refused, by name
+        ({"not": {}}, "no value satisfies"),
+        ({"type": "object", "properties": {"a": {"not": {}}}, "required": ["a"]}, "no value satisfies"),
+    ],
+)
+def test_unsatisfiable_or_unsupported_not_is_a_400(schema: dict[str, Any], needle: str) -> None:
+    with pytest.raises(UnsupportedFeature) as caught:
+        schema_grammar(schema, strict=True)
+    assert needle in str(caught.value)

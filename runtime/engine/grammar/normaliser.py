@@ -44,6 +44,30 @@ _KIND_KEYWORDS = (
 )
 
 
+def without_empty_not(schema: Any) -> Any:
+    """`schema` with every `{"not": {}}` (and `{"not": true}`) written as `false`, the schema
+    it is (pydantic and MCP servers emit it). A `not` with anything else stays, and is refused."""
+    if isinstance(schema, list):
+        return [without_empty_not(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if set(schema) - ANNOTATIONS == {"not"} and schema["not"] in ({}, True):
+        return False
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _LITERAL_KEYWORDS or key in ANNOTATIONS:
+            out[key] = value  # data, not schemas
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: without_empty_not(sub) for name, sub in value.items()}  # names are data
+        else:
+            out[key] = without_empty_not(value)
+    return out
+
+
+_LITERAL_KEYWORDS = frozenset({"enum", "const", "default", "examples", "required"})
+_SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperties", "dependentSchemas"})
+
+
 class _NoValue(Exception):
     """A branch whose enum keeps no value: dropped from a union, an error on its own."""
 
@@ -56,7 +80,7 @@ class Normaliser:
     """
 
     def __init__(self, schema: Any, *, param: str, strict: bool) -> None:
-        self.root = schema
+        self.root = without_empty_not(schema)
         self.param = param
         self.strict = strict
         self._validator = jsonschema.Draft202012Validator(schema if isinstance(schema, dict) else {})
@@ -65,7 +89,9 @@ class Normaliser:
         try:
             out = self.node(self.root, "#")
         except _NoValue:
-            self.fail("#", "no value satisfies the schema's enum/const and its other keywords")
+            self.fail(
+                "#", "no value satisfies the schema (a false schema, or enum/const values its other keywords exclude)"
+            )
         if isinstance(self.root, dict):
             for key in ("$defs", "definitions"):
                 if isinstance(self.root.get(key), dict):
@@ -79,7 +105,7 @@ class Normaliser:
         if schema is True:
             return {}
         if schema is False:
-            self.fail(path, "a false schema can never be satisfied")
+            raise _NoValue  # dropped from a union; on its own, "no value satisfies the schema"
         if not isinstance(schema, dict):
             self.fail(path, "a schema must be an object")
         for key in schema:
@@ -237,8 +263,12 @@ class Normaliser:
             if extra_schema not in (None, {}):
                 out["additionalProperties"] = extra_schema
             return out
-        props = {k: self.node(v, f"{path}/properties/{k}") for k, v in (s.get("properties") or {}).items()}
+        listed = s.get("properties") or {}
         required = list(dict.fromkeys(s.get("required", [])))
+        if any(listed.get(name) is False for name in required):
+            raise _NoValue  # a required property that no value satisfies
+        # A false property schema only says the property must be absent: leave it out.
+        props = {k: self.node(v, f"{path}/properties/{k}") for k, v in listed.items() if v is not False}
         for name in required:
             if name not in props:
                 if extra is False:
