@@ -11,13 +11,23 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 
-from runtime.engine.template import ChatTemplate
-from runtime.engine.toolcalls import detect_format
 from runtime.engine.toolcalls.command_r import START_ACTION, CommandR7BFormat, CommandRParser
-from runtime.ir import Message, ReasoningPart, TextPart, ToolCallPart, ToolChoice, ToolResultPart, ToolSpec
+from runtime.ir import Message, ReasoningPart, TextPart, ToolChoice, ToolSpec
+from tests.family_checks import (
+    CONTENT,
+    GET_TIME,
+    GET_WEATHER,
+    Outcome,
+    check_any_markup,
+    detected,
+    engine_like,
+    markup,
+    outcome,
+    paris_history,
+    render_prompt,
+    same_however_split,
+)
 from tests.grammar_check import accepts, real_vocab
-from tests.unit.test_family_deepseek import Outcome, check_any_markup, engine_like, markup, outcome, same_however_split
-from tests.upstream import template
 
 NAME = "CohereForAI-c4ai-command-r7b-12-2024-tool_use"
 OTHERS = [
@@ -29,16 +39,6 @@ OTHERS = [
     "CohereForAI-c4ai-command-r-plus-tool_use",  # "Action: ```json" - another format
 ]
 NAMES = ["special_function", "python", "todo_list"]
-GET_TIME = ToolSpec(
-    "get_time",
-    "Get the current time in a city",
-    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-)
-GET_WEATHER = ToolSpec(
-    "get_weather",
-    "Get the weather in a city",
-    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-)
 
 
 def command_r(text: str, names: list[str] | None = NAMES) -> Outcome:
@@ -49,20 +49,17 @@ def command_r(text: str, names: list[str] | None = NAMES) -> Outcome:
 
 
 def test_the_template_detects_as_command_r7b() -> None:
-    fmt = detect_format(template(NAME))
+    fmt = detected(NAME)
     assert isinstance(fmt, CommandR7BFormat) and fmt.owns_reasoning
 
 
 @pytest.mark.parametrize("other", OTHERS)
 def test_other_templates_are_not_command_r7b(other: str) -> None:
-    assert not isinstance(detect_format(template(other)), CommandR7BFormat)
+    assert not isinstance(detected(other), CommandR7BFormat)
 
 
 def render(messages: list[Message], tools: list[ToolSpec], **kwargs: object) -> str:
-    fmt = CommandR7BFormat()
-    return ChatTemplate(template(NAME)).render(
-        fmt.prepare_messages(messages, tools), tools=tools, string_arguments=fmt.string_arguments, **kwargs
-    )
+    return render_prompt(NAME, messages, tools, fmt=CommandR7BFormat(), **kwargs)
 
 
 def test_the_template_lists_the_tools() -> None:
@@ -78,7 +75,6 @@ def test_the_template_lists_the_tools() -> None:
 
 # -- parsing (llama.cpp's canned outputs) -------------------------------------------------------
 
-CONTENT = "Hello, world!\nWhat's up?"
 ONE = (
     "<|START_ACTION|>[\n"
     '    {"tool_call_id": "0", "tool_name": "special_function", "parameters": {"arg1": 1}}\n'
@@ -181,19 +177,7 @@ def test_without_tools_the_parser_still_splits_reasoning_and_drops_calls() -> No
 
 # -- history ----------------------------------------------------------------------------------
 
-HISTORY = [
-    Message("user", [TextPart("Time and weather in Paris?")]),
-    Message(
-        "assistant",
-        [
-            ReasoningPart("Both tools."),
-            ToolCallPart("call_a", "get_time", '{"city": "Paris"}'),
-            ToolCallPart("call_b", "get_weather", '{"city": "Paris"}'),
-        ],
-    ),
-    Message("tool", [ToolResultPart("call_a", "10:00", name="get_time")]),
-    Message("tool", [ToolResultPart("call_b", "sunny", name="get_weather")]),
-]
+HISTORY = paris_history(ReasoningPart("Both tools."))
 WRITTEN = (
     "<|START_THINKING|>Both tools.<|END_THINKING|><|START_ACTION|>[\n"
     '    {"tool_call_id": "0", "tool_name": "get_time", "parameters": {"city": "Paris"}},\n'

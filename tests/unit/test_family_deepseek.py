@@ -9,17 +9,11 @@ does.
 
 from __future__ import annotations
 
-import itertools
-import json
-from collections.abc import Callable
-
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from runtime.engine.reasoning import THINK, ReasoningSplitter, ThinkingTags, starts_thinking, tags_for_template
-from runtime.engine.template import ChatTemplate
-from runtime.engine.toolcalls import SnapshotParser, ToolFormat, detect_format
+from runtime.engine.reasoning import THINK, starts_thinking, tags_for_template
+from runtime.engine.toolcalls import ToolFormat
 from runtime.engine.toolcalls.deepseek import (
     CALLS_BEGIN,
     CALLS_END,
@@ -28,10 +22,23 @@ from runtime.engine.toolcalls.deepseek import (
     DeepSeekR1Format,
     DeepSeekV31Format,
 )
-from runtime.events import Event, ReasoningDelta, TextDelta, ToolCallEnd
 from runtime.ir import Message, TextPart, ToolCallPart, ToolChoice, ToolResultPart, ToolSpec
+from tests.family_checks import (
+    CONTENT,
+    GET_TIME,
+    GET_WEATHER,
+    SPECIAL,
+    Outcome,
+    check_any_markup,
+    detected,
+    engine_like,
+    markup,
+    outcome,
+    paris_history,
+    render_prompt,
+    same_however_split,
+)
 from tests.grammar_check import accepts, real_vocab
-from tests.unit.test_toolcall_parsers import check_call_events, splits
 from tests.upstream import template
 
 TEMPLATES: dict[str, type[ToolFormat]] = {
@@ -52,93 +59,11 @@ OTHERS = [
     "deepseek-ai-DeepSeek-V3.2",  # DSML markup: another family
     "deepseek-ai-DeepSeek-V4",
 ]
-SPECIAL = ToolSpec(
-    "special_function",
-    "I'm special",
-    {"type": "object", "properties": {"arg1": {"type": "integer", "description": "The arg."}}, "required": ["arg1"]},
-)
-GET_TIME = ToolSpec(
-    "get_time",
-    "Get the current time in a city",
-    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-)
-GET_WEATHER = ToolSpec(
-    "get_weather",
-    "Get the weather in a city",
-    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-)
 ALL = [SPECIAL.name, GET_TIME.name, GET_WEATHER.name]
-Outcome = tuple[str, str, list[tuple[str, object]]]
-
-
-def engine_like(
-    parser_class: type[SnapshotParser],
-    chunks: list[str],
-    *,
-    inside: bool = False,
-    names: list[str] | None = None,
-    tags: ThinkingTags | None = THINK,
-) -> list[Event]:
-    """The events the engine makes of `chunks`: `tags` split first, then the call parser
-    (runtime/engine/llama.py `generate`: text in a thinking block becomes reasoning)."""
-    counter = itertools.count()
-    parser = parser_class(names=names, new_id=lambda: f"call_{next(counter)}")
-    if tags is None:
-        return [e for chunk in chunks for e in parser.feed(chunk)] + parser.finish()
-    splitter = ReasoningSplitter(tags, inside=inside)
-    thinking = [inside]
-
-    def convert(segments: list[tuple[bool, str]]) -> list[Event]:
-        out: list[Event] = []
-        for is_thinking, segment in segments:
-            if thinking[0] and not is_thinking:
-                parser.start_answer()
-            thinking[0] = is_thinking
-            out += [
-                ReasoningDelta(e.text) if is_thinking and isinstance(e, TextDelta) else e for e in parser.feed(segment)
-            ]
-        return out
-
-    events: list[Event] = []
-    for chunk in chunks:
-        events += convert(splitter.feed(chunk))
-    return events + convert(splitter.flush()) + parser.finish()
-
-
-def outcome(events: list[Event]) -> Outcome:
-    content = "".join(e.text for e in events if isinstance(e, TextDelta))
-    reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
-    return content, reasoning, [(e.name, json.loads(e.arguments)) for e in events if isinstance(e, ToolCallEnd)]
-
-
-def same_however_split(run: Callable[[list[str]], list[Event]], text: str) -> Outcome:
-    """The outcome of `text`, checked to be the same for every split of the stream."""
-    whole = outcome(run([text]))
-    for chunks in splits(text):
-        events = run(chunks)
-        check_call_events(events)
-        assert outcome(events) == whole, chunks
-    return whole
 
 
 def deepseek(text: str, *, inside: bool = False, names: list[str] | None = ALL) -> Outcome:
     return same_however_split(lambda chunks: engine_like(DeepSeekParser, chunks, inside=inside, names=names), text)
-
-
-def markup(pieces: list[str]) -> st.SearchStrategy[tuple[str, list[int]]]:
-    """Texts made of a family's markup fragments (any order), with cut points for the stream."""
-    text = st.lists(st.sampled_from(pieces), max_size=14).map("".join)
-    return text.flatmap(lambda t: st.tuples(st.just(t), st.lists(st.integers(0, len(t)), max_size=4)))
-
-
-def check_any_markup(run: Callable[[list[str]], list[Event]], text: str, cuts: list[int]) -> None:
-    """Never raises; calls well formed; the same outcome in one piece, cut, and char by char."""
-    bounds = [0, *sorted(cuts), len(text)]
-    chunks = [text[a:b] for a, b in itertools.pairwise(bounds)]
-    whole = run([text])
-    for events in (whole, run(chunks), run(list(text))):
-        check_call_events(events)
-        assert outcome(events) == outcome(whole), chunks
 
 
 # -- detection and prompt ---------------------------------------------------------------------
@@ -146,19 +71,16 @@ def check_any_markup(run: Callable[[list[str]], list[Event]], text: str, cuts: l
 
 @pytest.mark.parametrize(("name", "cls"), TEMPLATES.items())
 def test_each_deepseek_template_detects_as_its_family(name: str, cls: type[ToolFormat]) -> None:
-    assert type(detect_format(template(name))) is cls
+    assert type(detected(name)) is cls
 
 
 @pytest.mark.parametrize("other", OTHERS)
 def test_other_templates_are_not_deepseek(other: str) -> None:
-    assert not isinstance(detect_format(template(other)), DeepSeekV31Format)
+    assert not isinstance(detected(other), DeepSeekV31Format)
 
 
 def render(name: str, messages: list[Message], tools: list[ToolSpec], **kwargs: object) -> str:
-    fmt = detect_format(template(name))
-    return ChatTemplate(template(name), bos_token="<｜begin▁of▁sentence｜>").render(
-        fmt.prepare_messages(messages, tools), tools=tools, string_arguments=fmt.string_arguments, **kwargs
-    )
+    return render_prompt(name, messages, tools, bos_token="<｜begin▁of▁sentence｜>", **kwargs)
 
 
 @pytest.mark.parametrize("name", RENDERED)
@@ -194,7 +116,6 @@ V31_TWO = (
     '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_time<｜tool▁sep｜>{"city": "Paris"}<｜tool▁call▁end｜>'
     '<｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Paris"}<｜tool▁call▁end｜><｜tool▁calls▁end｜>'
 )
-CONTENT = "Hello, world!\nWhat's up?"
 
 
 @pytest.mark.parametrize(
@@ -296,18 +217,7 @@ def test_calls_to_unknown_tools_and_beyond_the_limit_are_dropped() -> None:
 
 # -- history ----------------------------------------------------------------------------------
 
-HISTORY = [
-    Message("user", [TextPart("Time and weather in Paris?")]),
-    Message(
-        "assistant",
-        [
-            ToolCallPart("c1", "get_time", '{"city": "Paris"}'),
-            ToolCallPart("c2", "get_weather", '{"city": "Paris"}'),
-        ],
-    ),
-    Message("tool", [ToolResultPart("c1", "10:00", name="get_time")]),
-    Message("tool", [ToolResultPart("c2", "sunny", name="get_weather")]),
-]
+HISTORY = paris_history(ids=("c1", "c2"))
 R1_WRITTEN = (
     '<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n{"city": "Paris"}\n```<｜tool▁call▁end｜>\n'
     '<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{"city": "Paris"}\n```<｜tool▁call▁end｜>'

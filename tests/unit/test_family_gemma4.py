@@ -6,18 +6,14 @@ with the gemma-4 vocabulary.
 
 from __future__ import annotations
 
-import itertools
-import json
-
 import pytest
 
 from runtime.engine.template import ChatTemplate, message_to_template, tool_to_template
-from runtime.engine.toolcalls import detect_format
 from runtime.engine.toolcalls.gemma4 import Gemma4Format, Gemma4Parser
-from runtime.events import Event, ReasoningDelta, TextDelta, ToolCallEnd
+from runtime.events import Event
 from runtime.ir import Message, ReasoningPart, TextPart, ToolCallPart, ToolChoice, ToolResultPart, ToolSpec
+from tests.family_checks import CONTENT, Outcome, check_call_events, detected, engine_like, outcome, same_however_split
 from tests.grammar_check import accepts, real_vocab
-from tests.unit.test_toolcall_parsers import check_call_events, splits
 from tests.upstream import template
 
 NAMES = ["google-gemma-4-31B-it", "google-gemma-4-31B-it-interleaved"]
@@ -34,28 +30,11 @@ CONFIG = ToolSpec(
 
 
 def run(chunks: list[str], names: list[str] | None = None) -> list[Event]:
-    counter = itertools.count()
-    parser = Gemma4Parser(names=names, new_id=lambda: f"call_{next(counter)}")
-    events: list[Event] = []
-    for chunk in chunks:
-        events += parser.feed(chunk)
-    return events + parser.finish()
+    return engine_like(Gemma4Parser, chunks, names=names, tags=None)
 
 
-def result(events: list[Event]) -> tuple[str, str, list[tuple[str, object]]]:
-    content = "".join(e.text for e in events if isinstance(e, TextDelta))
-    reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
-    calls = [(e.name, json.loads(e.arguments)) for e in events if isinstance(e, ToolCallEnd)]
-    return content, reasoning, calls
-
-
-def same_however_split(text: str, names: list[str] | None = None) -> tuple[str, str, list[tuple[str, object]]]:
-    whole = run([text], names)
-    for chunks in splits(text):
-        events = run(chunks, names)
-        check_call_events(events)
-        assert result(events) == result(whole), chunks
-    return result(whole)
+def gemma4(text: str, names: list[str] | None = None) -> Outcome:
+    return same_however_split(lambda chunks: run(chunks, names), text)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -64,7 +43,7 @@ def same_however_split(text: str, names: list[str] | None = None) -> tuple[str, 
     ["Qwen-Qwen2.5-7B-Instruct", "meta-llama-Llama-3.1-8B-Instruct", "google-gemma-2-2b-it", "openai-gpt-oss-120b"],
 )
 def test_detection(name: str, other: str) -> None:
-    assert isinstance(detect_format(template(name)), Gemma4Format)
+    assert isinstance(detected(name), Gemma4Format)
     assert not Gemma4Format.detect(template(other))
 
 
@@ -73,9 +52,6 @@ def test_prompt_declares_the_tools_through_the_template(name: str) -> None:
     prompt = ChatTemplate(template(name)).render([Message("user", [TextPart("Hi")])], tools=[GET_TIME])
     assert '<|tool>declaration:get_time{description:<|"|>Get the time in a city<|"|>' in prompt
     assert prompt.endswith("<|turn>model\n<|channel>thought\n<channel|>")
-
-
-CONTENT = "Hello, world!\nWhat's up?"
 
 
 @pytest.mark.parametrize(
@@ -92,7 +68,7 @@ CONTENT = "Hello, world!\nWhat's up?"
     ],
 )
 def test_thought_channel_splits_reasoning_from_content(text: str, content: str, reasoning: str) -> None:
-    assert same_however_split(text) == (content, reasoning, [])
+    assert gemma4(text) == (content, reasoning, [])
 
 
 @pytest.mark.parametrize(
@@ -128,7 +104,7 @@ def test_thought_channel_splits_reasoning_from_content(text: str, content: str, 
     ],
 )
 def test_call_arguments_become_json(text: str, name: str, args: object) -> None:
-    assert same_however_split(text, [name]) == ("", "", [(name, args)])
+    assert gemma4(text, [name]) == ("", "", [(name, args)])
 
 
 def test_content_reasoning_and_parallel_calls() -> None:
@@ -137,7 +113,7 @@ def test_content_reasoning_and_parallel_calls() -> None:
         '<|tool_call>call:get_time{city:<|"|>London<|"|>}<tool_call|>'
         '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>'
     )
-    assert same_however_split(text, ["get_time", "get_weather"]) == (
+    assert gemma4(text, ["get_time", "get_weather"]) == (
         CONTENT,
         "I'm\nthinking",
         [("get_time", {"city": "London"}), ("get_weather", {"city": "Paris"})],
@@ -153,17 +129,17 @@ def test_a_call_cut_short_is_closed_into_valid_json() -> None:
     ]:
         events = run([cut], ["get_time", "set_config"])
         check_call_events(events)
-        assert result(events)[2] == [(cut.split(":")[1].split("{")[0], args)], cut
+        assert outcome(events)[2] == [(cut.split(":")[1].split("{")[0], args)], cut
 
 
 @pytest.mark.parametrize("cut", ["<|tool_call>", "<|tool_call>call:", "<|tool_", "<|channel>tho"])
 def test_markup_with_no_name_is_dropped(cut: str) -> None:
-    assert result(run(["Hi " + cut], ["get_time"])) == ("Hi ", "", [])
+    assert outcome(run(["Hi " + cut], ["get_time"])) == ("Hi ", "", [])
 
 
 def test_calls_without_tools_are_dropped() -> None:
     text = 'Sure.<|tool_call>call:get_time{city:<|"|>Paris<|"|>}<tool_call|>'
-    assert result(run([text], [])) == ("Sure.", "", [])
+    assert outcome(run([text], [])) == ("Sure.", "", [])
 
 
 def history() -> list[Message]:

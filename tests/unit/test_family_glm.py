@@ -7,9 +7,9 @@ import pytest
 
 from runtime.engine.reasoning import THINK, starts_thinking
 from runtime.engine.template import ChatTemplate
-from runtime.engine.toolcalls import detect_format
 from runtime.engine.toolcalls.glm import GlmFormat
 from runtime.ir import Message, TextPart, ToolChoice
+from tests.family_checks import detected, render_prompt
 from tests.grammar_check import accepts, real_vocab
 from tests.unit.test_family_qwen3_coder import (
     SPECIAL,
@@ -34,7 +34,7 @@ ALL = [*TOOLS, MAGIC, CONFIG, NESTED, DIFF]
 
 @pytest.mark.parametrize("name", FAMILY)
 def test_family_templates_are_detected(name: str) -> None:
-    assert isinstance(detect_format(template(name)), GlmFormat)
+    assert isinstance(detected(name), GlmFormat)
 
 
 @pytest.mark.parametrize("name", [*UNRELATED, "Qwen3-Coder", "Qwen3.5-4B", "MiniMax-M2", "tencent-Hy3"])
@@ -51,9 +51,7 @@ def test_other_templates_are_not(name: str) -> None:
 )
 def test_prompt_lists_the_tools_and_renders_history(name: str, call: str) -> None:
     fmt = GlmFormat()
-    prompt = ChatTemplate(template(name)).render(
-        fmt.prepare_messages(history(), [SPECIAL]), tools=[SPECIAL], string_arguments=fmt.string_arguments
-    )
+    prompt = render_prompt(name, history(), [SPECIAL], fmt=fmt)
     assert "special_function" in prompt and "The special_function tool" in prompt
     assert call in prompt and "Sunny, 18C" in prompt
 

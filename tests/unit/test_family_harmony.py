@@ -6,56 +6,36 @@ gpt-oss vocabulary among llama.cpp's test files, so grammars are checked on qwen
 
 from __future__ import annotations
 
-import itertools
-import json
-
 import pytest
 
 from runtime.engine.template import ChatTemplate
-from runtime.engine.toolcalls import detect_format
 from runtime.engine.toolcalls.harmony import HarmonyFormat, HarmonyParser
-from runtime.events import Event, ReasoningDelta, TextDelta, ToolCallEnd
-from runtime.ir import ChatRequest, Message, ReasoningPart, TextPart, ToolCallPart, ToolChoice, ToolResultPart, ToolSpec
+from runtime.events import Event
+from runtime.ir import ChatRequest, Message, ReasoningPart, TextPart, ToolCallPart, ToolChoice, ToolResultPart
+from tests.family_checks import (
+    CONTENT,
+    GET_WEATHER,
+    SPECIAL,
+    Outcome,
+    check_call_events,
+    detected,
+    engine_like,
+    outcome,
+    render_prompt,
+    same_however_split,
+)
 from tests.grammar_check import accepts, real_vocab
-from tests.unit.test_toolcall_parsers import check_call_events, splits
 from tests.upstream import template
 
 NAME = "openai-gpt-oss-120b"
-SPECIAL = ToolSpec(
-    "special_function",
-    "I'm special",
-    {"type": "object", "properties": {"arg1": {"type": "integer", "description": "The arg."}}, "required": ["arg1"]},
-)
-WEATHER = ToolSpec(
-    "get_weather",
-    "Get the weather in a city",
-    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-)
 
 
-def run(text_chunks: list[str], names: list[str] | None = None) -> list[Event]:
-    counter = itertools.count()
-    parser = HarmonyParser(names=names, new_id=lambda: f"call_{next(counter)}")
-    events: list[Event] = []
-    for chunk in text_chunks:
-        events += parser.feed(chunk)
-    return events + parser.finish()
+def run(chunks: list[str], names: list[str] | None = None) -> list[Event]:
+    return engine_like(HarmonyParser, chunks, names=names, tags=None)
 
 
-def result(events: list[Event]) -> tuple[str, str, list[tuple[str, object]]]:
-    content = "".join(e.text for e in events if isinstance(e, TextDelta))
-    reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
-    calls = [(e.name, json.loads(e.arguments)) for e in events if isinstance(e, ToolCallEnd)]
-    return content, reasoning, calls
-
-
-def same_however_split(text: str, names: list[str] | None = None) -> tuple[str, str, list[tuple[str, object]]]:
-    whole = run([text], names)
-    for chunks in splits(text):
-        events = run(chunks, names)
-        check_call_events(events)
-        assert result(events) == result(whole), chunks
-    return result(whole)
+def harmony(text: str, names: list[str] | None = None) -> Outcome:
+    return same_however_split(lambda chunks: run(chunks, names), text)
 
 
 @pytest.mark.parametrize(
@@ -68,12 +48,12 @@ def same_however_split(text: str, names: list[str] | None = None) -> tuple[str, 
     ],
 )
 def test_detection(other: str) -> None:
-    assert isinstance(detect_format(template(NAME)), HarmonyFormat)
+    assert isinstance(detected(NAME), HarmonyFormat)
     assert not HarmonyFormat.detect(template(other))
 
 
 def test_prompt_lists_the_tools_through_the_template() -> None:
-    prompt = ChatTemplate(template(NAME)).render([Message("user", [TextPart("Hi")])], tools=[WEATHER, SPECIAL])
+    prompt = ChatTemplate(template(NAME)).render([Message("user", [TextPart("Hi")])], tools=[GET_WEATHER, SPECIAL])
     assert "type get_weather = (_: {" in prompt and "// Get the weather in a city" in prompt
     assert "type special_function" in prompt and prompt.endswith("<|start|>assistant")
 
@@ -86,9 +66,6 @@ def test_reasoning_effort_reaches_the_template() -> None:
     assert fmt.template_kwargs(ChatRequest(model="m", messages=[])) == {}
     prompt = ChatTemplate(template(NAME)).render([Message("user", [TextPart("Hi")])], **kwargs)
     assert "Reasoning: high" in prompt
-
-
-CONTENT = "Hello, world!\nWhat's up?"
 
 
 @pytest.mark.parametrize(
@@ -125,7 +102,7 @@ CONTENT = "Hello, world!\nWhat's up?"
     ],
 )
 def test_channels_split_into_reasoning_and_content(text: str, content: str, reasoning: str) -> None:
-    assert same_however_split(text) == (content, reasoning, [])
+    assert harmony(text) == (content, reasoning, [])
 
 
 @pytest.mark.parametrize(
@@ -139,7 +116,7 @@ def test_channels_split_into_reasoning_and_content(text: str, content: str, reas
     ],
 )
 def test_calls_in_either_header_form(text: str) -> None:
-    assert same_however_split(text, ["special_function"]) == ("", "", [("special_function", {"arg1": 1})])
+    assert harmony(text, ["special_function"]) == ("", "", [("special_function", {"arg1": 1})])
 
 
 def test_reasoning_then_call() -> None:
@@ -149,28 +126,28 @@ def test_reasoning_then_call() -> None:
         '<|message|>{"oldString": "if (part < railCount - 1) {", "newString": "if (part < 4) {", "replaceAll": false}'
     )
     args = {"oldString": "if (part < railCount - 1) {", "newString": "if (part < 4) {", "replaceAll": False}
-    assert same_however_split(text, ["edit"]) == ("", "Thinking about edit...", [("edit", args)])
+    assert harmony(text, ["edit"]) == ("", "Thinking about edit...", [("edit", args)])
 
 
 def test_a_call_cut_short_is_closed_into_valid_json() -> None:
     text = '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Par'
     events = run([text], ["get_weather"])
     check_call_events(events)
-    assert result(events) == ("", "", [("get_weather", {"city": "Par"})])
+    assert outcome(events) == ("", "", [("get_weather", {"city": "Par"})])
     # cut inside the header: the name is known, the arguments are empty
-    assert result(run(["<|channel|>commentary to=functions.get_weather <|cons"], ["get_weather"]))[2] == [
+    assert outcome(run(["<|channel|>commentary to=functions.get_weather <|cons"], ["get_weather"]))[2] == [
         ("get_weather", {})
     ]
 
 
 @pytest.mark.parametrize("cut", ["<|channel|>commentary to=functi", " to=functions.", "<|chan", " t", "<|start|>assi"])
 def test_markup_with_no_name_is_dropped(cut: str) -> None:
-    assert result(run([cut], ["get_weather"])) == ("", "", [])
+    assert outcome(run([cut], ["get_weather"])) == ("", "", [])
 
 
 def test_calls_without_tools_are_dropped_but_channels_still_split() -> None:
     text = "<|channel|>analysis<|message|>hm<|end|><|start|>assistant to=functions.x<|channel|>commentary<|message|>{}"
-    assert result(run([text], [])) == ("", "hm", [])
+    assert outcome(run([text], [])) == ("", "hm", [])
 
 
 def test_history_renders_calls_and_results_in_harmony() -> None:
@@ -189,9 +166,7 @@ def test_history_renders_calls_and_results_in_harmony() -> None:
         Message("tool", [ToolResultPart("c2", "cloudy", name="get_weather")]),
         Message("tool", [ToolResultPart("c1", "sunny", name="get_weather")]),
     ]
-    prompt = ChatTemplate(template(NAME)).render(
-        fmt.prepare_messages(messages, [WEATHER]), tools=[WEATHER], string_arguments=fmt.string_arguments
-    )
+    prompt = render_prompt(NAME, messages, [GET_WEATHER], fmt=fmt)
     assert prompt.endswith(
         "<|start|>assistant<|channel|>analysis<|message|>Need both cities.<|end|>"
         '<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>'
@@ -211,8 +186,8 @@ def test_single_call_history_is_unchanged_apart_from_reasoning() -> None:
         Message("assistant", [TextPart("It is sunny.")]),
         Message("user", [TextPart("Thanks")]),
     ]
-    assert fmt.prepare_messages(messages, [WEATHER]) == messages
-    prompt = ChatTemplate(template(NAME)).render(messages, tools=[WEATHER])
+    assert fmt.prepare_messages(messages, [GET_WEATHER]) == messages
+    prompt = ChatTemplate(template(NAME)).render(messages, tools=[GET_WEATHER])
     assert "<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>" in prompt
     assert "Checking." not in prompt  # a later final answer drops the call turn's analysis, as the template wants
 
@@ -234,7 +209,7 @@ BAD = [
 @pytest.mark.parametrize("mode", ["required", "function"])
 def test_forced_grammar_takes_calls_and_rejects_wrong_ones(mode: str) -> None:
     choice = ToolChoice(mode, "get_weather" if mode == "function" else None)  # type: ignore[arg-type]
-    grammar = HarmonyFormat().grammar([WEATHER, SPECIAL], choice, parallel=True)
+    grammar = HarmonyFormat().grammar([GET_WEATHER, SPECIAL], choice, parallel=True)
     assert grammar.triggers == ()
     vocab = real_vocab("qwen2")
     for text in GOOD:
@@ -244,14 +219,14 @@ def test_forced_grammar_takes_calls_and_rejects_wrong_ones(mode: str) -> None:
 
 
 def test_auto_grammar_is_lazy_and_starts_at_the_recipient() -> None:
-    grammar = HarmonyFormat().grammar([WEATHER], ToolChoice(), parallel=True)
+    grammar = HarmonyFormat().grammar([GET_WEATHER], ToolChoice(), parallel=True)
     assert {t.text for t in grammar.triggers} >= {" to=functions.", "<|channel|>commentary to=functions."}
     vocab = real_vocab("qwen2")
     assert accepts(vocab, grammar.gbnf, GOOD[0]) and accepts(vocab, grammar.gbnf, GOOD[1])
 
 
 def test_a_json_answer_format_goes_in_the_final_channel() -> None:
-    grammar = HarmonyFormat().grammar([WEATHER], ToolChoice(), True, response={"type": "object"})
+    grammar = HarmonyFormat().grammar([GET_WEATHER], ToolChoice(), True, response={"type": "object"})
     vocab = real_vocab("qwen2")
     assert grammar.triggers == ()
     assert accepts(vocab, grammar.gbnf, '<|channel|>final<|message|>{"a": 1}')

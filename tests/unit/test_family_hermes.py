@@ -13,13 +13,23 @@ import re
 
 import pytest
 
-from runtime.engine.reasoning import THINK, ReasoningSplitter, starts_thinking, tags_for_template
+from runtime.engine.reasoning import THINK, starts_thinking, tags_for_template
 from runtime.engine.template import ChatTemplate
-from runtime.engine.toolcalls import HermesFormat, ToolFormat, detect_format
-from runtime.events import Event, ReasoningDelta, TextDelta, ToolCallEnd
+from runtime.engine.toolcalls import HermesFormat, ToolFormat
+from runtime.events import ReasoningDelta, ToolCallEnd
 from runtime.ir import Message, ReasoningPart, TextPart, ToolCallPart, ToolChoice, ToolResultPart, ToolSpec
+from tests.family_checks import (
+    SPECIAL,
+    SPECIAL_OPT,
+    check_call_events,
+    detected,
+    engine_events,
+    outcome,
+    parse_however_split,
+    render_prompt,
+    splits,
+)
 from tests.grammar_check import accepts, real_vocab
-from tests.unit.test_toolcall_parsers import check_call_events, outcome, splits
 from tests.upstream import template
 
 HERMES = (
@@ -41,27 +51,7 @@ OTHERS = (
 
 # tests/test-chat.cpp's special_function_tool and special_function_tool_with_optional_param,
 # and a tool with no properties at all (templates index `parameters.properties`).
-TOOLS = [
-    ToolSpec(
-        "special_function",
-        "I'm special",
-        {
-            "type": "object",
-            "properties": {"arg1": {"type": "integer", "description": "The arg."}},
-            "required": ["arg1"],
-        },
-    ),
-    ToolSpec(
-        "special_function_with_opt",
-        "I'm special but have optional stuff",
-        {
-            "type": "object",
-            "properties": {"arg1": {"type": "integer"}, "arg2": {"type": "integer"}},
-            "required": ["arg1"],
-        },
-    ),
-    ToolSpec("ping", "", {"type": "object"}),
-]
+TOOLS = [SPECIAL, SPECIAL_OPT, ToolSpec("ping", "", {"type": "object"})]
 ONE = ("special_function", {"arg1": 1})
 TWO = ("special_function_with_opt", {"arg1": 1, "arg2": 2})
 CALL = '<tool_call>\n{"name": "special_function", "arguments": {"arg1": 1}}\n</tool_call>'
@@ -69,20 +59,7 @@ CALL_OPT = '<tool_call>\n{"name": "special_function_with_opt", "arguments": {"ar
 
 
 def parse(fmt: ToolFormat, text: str, *, parallel: bool = True) -> tuple[str, list[tuple[str, object]]]:
-    """(content, [(name, arguments)]): the same for every split of `text` (checked)."""
-    results = []
-    for chunks in splits(text):
-        parser = fmt.parser(TOOLS, ToolChoice(), parallel)
-        events: list[Event] = []
-        for chunk in chunks:
-            events += parser.feed(chunk)
-        events += parser.finish()
-        check_call_events(events)
-        content, calls = outcome(events)
-        results.append((content, [(name, arguments) for _, name, arguments in calls]))
-    assert all(r == results[0] for r in results), "the split changed the outcome"
-    content, calls = results[0]
-    return content, [(name, json.loads(arguments)) for name, arguments in calls]
+    return parse_however_split(fmt, TOOLS, text, parallel=parallel)
 
 
 # -- detection ---------------------------------------------------------------------------
@@ -90,12 +67,12 @@ def parse(fmt: ToolFormat, text: str, *, parallel: bool = True) -> tuple[str, li
 
 @pytest.mark.parametrize("name", HERMES)
 def test_hermes_and_qwen_templates_detect_as_hermes(name: str) -> None:
-    assert isinstance(detect_format(template(name)), HermesFormat)
+    assert isinstance(detected(name), HermesFormat)
 
 
 @pytest.mark.parametrize("name", OTHERS)
 def test_other_families_are_not_hermes(name: str) -> None:
-    assert not isinstance(detect_format(template(name)), HermesFormat)
+    assert not isinstance(detected(name), HermesFormat)
 
 
 # -- the prompt --------------------------------------------------------------------------
@@ -167,14 +144,7 @@ def test_reasoning_is_split_before_the_call(name: str, text: str, thinking: bool
     prompt = ChatTemplate(source).render([Message("user", [TextPart("Hi")])], tools=TOOLS, enable_thinking=True)
     assert starts_thinking(prompt, THINK) is thinking
     for chunks in splits(text):
-        splitter, parser = ReasoningSplitter(THINK, inside=thinking), HermesFormat().parser(TOOLS, ToolChoice(), True)
-        events: list[Event] = []
-        for chunk in [*chunks, None]:
-            segments = splitter.feed(chunk) if chunk is not None else splitter.flush()
-            for is_reasoning, segment in segments:
-                found = parser.feed(segment)
-                events += [ReasoningDelta(e.text) if is_reasoning and isinstance(e, TextDelta) else e for e in found]
-        events += parser.finish()
+        events = engine_events(HermesFormat().parser(TOOLS, ToolChoice(), True), chunks, inside=thinking)
         check_call_events(events)
         assert "".join(e.text for e in events if isinstance(e, ReasoningDelta)).strip() == "I'm\nthinking"
         assert [(e.name, json.loads(e.arguments)) for e in events if isinstance(e, ToolCallEnd)] == [ONE]
@@ -203,9 +173,7 @@ def history() -> list[Message]:
 
 @pytest.mark.parametrize("name", HERMES)
 def test_history_renders_calls_and_results_in_the_family_syntax(name: str) -> None:
-    fmt = detect_format(template(name))
-    messages = fmt.prepare_messages(history(), TOOLS)
-    prompt = ChatTemplate(template(name)).render(messages, tools=TOOLS, string_arguments=fmt.string_arguments)
+    prompt = render_prompt(name, history(), TOOLS)
     assert CALL + "\n" + CALL_OPT + "<|im_end|>" in prompt
     assert re.search(
         r"<tool_response>\nresult one\n</tool_response>\n<tool_response>\nresult two\n</tool_response>", prompt
@@ -213,7 +181,7 @@ def test_history_renders_calls_and_results_in_the_family_syntax(name: str) -> No
     assert prompt.count("Be brief.") == 1
     # What the template writes back is what the parser reads.
     turn = prompt[prompt.index(CALL) : prompt.index("<|im_end|>", prompt.index(CALL))]
-    assert parse(fmt, turn) == ("", [ONE, TWO])
+    assert parse(detected(name), turn) == ("", [ONE, TWO])
 
 
 # -- grammar ----------------------------------------------------------------------------------

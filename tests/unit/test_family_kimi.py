@@ -12,12 +12,23 @@ import pytest
 from hypothesis import given, settings
 
 from runtime.engine.reasoning import THINK, tags_for_template
-from runtime.engine.template import ChatTemplate
-from runtime.engine.toolcalls import detect_format
 from runtime.engine.toolcalls.kimi import CALL_BEGIN, SECTION_BEGIN, KimiK2Format, KimiParser
 from runtime.ir import Message, TextPart, ToolCallPart, ToolChoice, ToolResultPart, ToolSpec
+from tests.family_checks import (
+    CONTENT,
+    GET_TIME,
+    GET_WEATHER,
+    Outcome,
+    check_any_markup,
+    detected,
+    engine_like,
+    markup,
+    outcome,
+    paris_history,
+    render_prompt,
+    same_however_split,
+)
 from tests.grammar_check import accepts, real_vocab
-from tests.unit.test_family_deepseek import Outcome, check_any_markup, engine_like, markup, outcome, same_however_split
 from tests.upstream import template
 
 TEMPLATES = ["moonshotai-Kimi-K2", "Kimi-K2-Instruct", "Kimi-K2-Thinking"]
@@ -32,16 +43,6 @@ OTHERS = [
     "Kimi-K3",  # `<|open|>`/`<|close|>` markup: another family
 ]
 NAMES = ["special_function", "special_function_with_opt", "python", "html", "empty_args", "execute_command"]
-GET_TIME = ToolSpec(
-    "get_time",
-    "Get the current time in a city",
-    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-)
-GET_WEATHER = ToolSpec(
-    "get_weather",
-    "Get the weather in a city",
-    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-)
 
 
 def kimi(text: str, *, thinking: bool = True, names: list[str] | None = NAMES) -> Outcome:
@@ -56,19 +57,16 @@ def kimi(text: str, *, thinking: bool = True, names: list[str] | None = NAMES) -
 
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_each_kimi_template_detects_as_kimi(name: str) -> None:
-    assert isinstance(detect_format(template(name)), KimiK2Format)
+    assert isinstance(detected(name), KimiK2Format)
 
 
 @pytest.mark.parametrize("other", OTHERS)
 def test_other_templates_are_not_kimi(other: str) -> None:
-    assert not isinstance(detect_format(template(other)), KimiK2Format)
+    assert not isinstance(detected(other), KimiK2Format)
 
 
 def render(name: str, messages: list[Message], tools: list[ToolSpec]) -> str:
-    fmt = KimiK2Format()
-    return ChatTemplate(template(name)).render(
-        fmt.prepare_messages(messages, tools), tools=tools, string_arguments=fmt.string_arguments
-    )
+    return render_prompt(name, messages, tools, fmt=KimiK2Format())
 
 
 @pytest.mark.parametrize("name", TEMPLATES)
@@ -96,7 +94,6 @@ TWO = (
 )
 CALL = ("special_function", {"arg1": 1})
 PYTHON = ("python", {"code": "print('hey')"})
-CONTENT = "Hello, world!\nWhat's up?"
 
 
 @pytest.mark.parametrize(
@@ -196,19 +193,7 @@ def test_calls_to_unknown_tools_are_dropped() -> None:
 
 # -- history ----------------------------------------------------------------------------------
 
-HISTORY = [
-    Message("user", [TextPart("Time and weather in Paris?")]),
-    Message(
-        "assistant",
-        [
-            TextPart("Checking."),
-            ToolCallPart("call_a", "get_time", '{"city": "Paris"}'),
-            ToolCallPart("call_b", "get_weather", '{"city": "Paris"}'),
-        ],
-    ),
-    Message("tool", [ToolResultPart("call_a", "10:00", name="get_time")]),
-    Message("tool", [ToolResultPart("call_b", "sunny", name="get_weather")]),
-]
+HISTORY = paris_history(TextPart("Checking."))
 WRITTEN = (
     "Checking.<|tool_calls_section_begin|>"
     '<|tool_call_begin|>functions.get_time:0<|tool_call_argument_begin|>{"city": "Paris"}<|tool_call_end|>'

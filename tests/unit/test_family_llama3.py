@@ -14,11 +14,10 @@ import json
 import pytest
 
 from runtime.engine.template import ChatTemplate
-from runtime.engine.toolcalls import Llama3Format, ToolFormat, detect_format
-from runtime.events import Event
+from runtime.engine.toolcalls import Llama3Format, ToolFormat
 from runtime.ir import Message, TextPart, ToolCallPart, ToolChoice, ToolResultPart, ToolSpec
+from tests.family_checks import SPECIAL, detected, parse_however_split, render_prompt
 from tests.grammar_check import accepts, real_vocab
-from tests.unit.test_toolcall_parsers import check_call_events, outcome, splits
 from tests.upstream import template
 
 LLAMA3 = (
@@ -38,15 +37,7 @@ OTHERS = (
 
 # tests/test-chat.cpp's special_function_tool and python_tool.
 TOOLS = [
-    ToolSpec(
-        "special_function",
-        "I'm special",
-        {
-            "type": "object",
-            "properties": {"arg1": {"type": "integer", "description": "The arg."}},
-            "required": ["arg1"],
-        },
-    ),
+    SPECIAL,
     ToolSpec(
         "python",
         "an ipython interpreter",
@@ -62,20 +53,7 @@ CANNED = '{"name": "special_function", "parameters": {"arg1": 1}}'
 
 
 def parse(fmt: ToolFormat, text: str, *, parallel: bool = True) -> tuple[str, list[tuple[str, object]]]:
-    """(content, [(name, arguments)]): the same for every split of `text` (checked)."""
-    results = []
-    for chunks in splits(text):
-        parser = fmt.parser(TOOLS, ToolChoice(), parallel)
-        events: list[Event] = []
-        for chunk in chunks:
-            events += parser.feed(chunk)
-        events += parser.finish()
-        check_call_events(events)
-        content, calls = outcome(events)
-        results.append((content, [(name, arguments) for _, name, arguments in calls]))
-    assert all(r == results[0] for r in results), "the split changed the outcome"
-    content, calls = results[0]
-    return content, [(name, json.loads(arguments)) for name, arguments in calls]
+    return parse_however_split(fmt, TOOLS, text, parallel=parallel)
 
 
 # -- detection ---------------------------------------------------------------------------
@@ -83,12 +61,12 @@ def parse(fmt: ToolFormat, text: str, *, parallel: bool = True) -> tuple[str, li
 
 @pytest.mark.parametrize("name", LLAMA3)
 def test_llama3_templates_detect_as_llama3(name: str) -> None:
-    assert isinstance(detect_format(template(name)), Llama3Format)
+    assert isinstance(detected(name), Llama3Format)
 
 
 @pytest.mark.parametrize("name", OTHERS)
 def test_other_families_are_not_llama3(name: str) -> None:
-    assert not isinstance(detect_format(template(name)), Llama3Format)
+    assert not isinstance(detected(name), Llama3Format)
 
 
 # -- the prompt --------------------------------------------------------------------------
@@ -155,10 +133,7 @@ def history(calls: int) -> list[Message]:
 
 
 def render(name: str, messages: list[Message]) -> str:
-    fmt = detect_format(template(name))
-    return ChatTemplate(template(name), bos_token="<|begin_of_text|>").render(
-        fmt.prepare_messages(messages, TOOLS), tools=TOOLS, string_arguments=fmt.string_arguments
-    )
+    return render_prompt(name, messages, TOOLS, bos_token="<|begin_of_text|>")
 
 
 @pytest.mark.parametrize("name", LLAMA3)

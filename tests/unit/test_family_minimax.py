@@ -7,9 +7,9 @@ import pytest
 
 from runtime.engine.reasoning import THINK, starts_thinking
 from runtime.engine.template import ChatTemplate
-from runtime.engine.toolcalls import detect_format
 from runtime.engine.toolcalls.minimax import MiniMaxFormat
 from runtime.ir import Message, TextPart, ToolChoice
+from tests.family_checks import detected, render_prompt
 from tests.grammar_check import accepts, real_vocab
 from tests.unit.test_family_qwen3_coder import (
     PYTHON,
@@ -34,7 +34,7 @@ EMPTY = '<minimax:tool_call>\n<invoke name="empty_args">\n</invoke>\n</minimax:t
 
 
 def test_the_template_is_detected() -> None:
-    assert isinstance(detect_format(template("MiniMax-M2")), MiniMaxFormat)
+    assert isinstance(detected("MiniMax-M2"), MiniMaxFormat)
 
 
 @pytest.mark.parametrize("name", [*UNRELATED, "Qwen3-Coder", "GLM-4.6"])
@@ -44,9 +44,7 @@ def test_other_templates_are_not(name: str) -> None:
 
 def test_prompt_lists_the_tools_renders_history_and_opens_thinking() -> None:
     fmt = MiniMaxFormat()
-    prompt = ChatTemplate(template("MiniMax-M2")).render(
-        fmt.prepare_messages(history(), [SPECIAL]), tools=[SPECIAL], string_arguments=fmt.string_arguments
-    )
+    prompt = render_prompt("MiniMax-M2", history(), [SPECIAL], fmt=fmt)
     assert "special_function" in prompt and "The special_function tool" in prompt
     assert CALL in prompt and "Sunny, 18C" in prompt
     fresh = ChatTemplate(template("MiniMax-M2")).render([Message("user", [TextPart("Hi")])], tools=[SPECIAL])

@@ -14,14 +14,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.engine.reasoning import ReasoningSplitter, tags_for_template
+from runtime.engine.reasoning import tags_for_template
 from runtime.engine.template import ChatTemplate
-from runtime.engine.toolcalls import MistralFormat, MistralToolsFormat, ToolFormat, detect_format
+from runtime.engine.toolcalls import MistralFormat, MistralToolsFormat, ToolFormat
 from runtime.engine.toolcalls.mistral import mistral_id
-from runtime.events import Event, ReasoningDelta, TextDelta, ToolCallEnd
-from runtime.ir import Message, ReasoningPart, TextPart, ToolCallPart, ToolChoice, ToolResultPart, ToolSpec
+from runtime.events import ReasoningDelta, ToolCallEnd
+from runtime.ir import Message, ReasoningPart, TextPart, ToolCallPart, ToolChoice, ToolResultPart
+from tests.family_checks import (
+    SPECIAL,
+    SPECIAL_OPT,
+    check_call_events,
+    detected,
+    engine_events,
+    outcome,
+    parse_however_split,
+    render_prompt,
+    splits,
+)
 from tests.grammar_check import accepts, real_vocab
-from tests.unit.test_toolcall_parsers import check_call_events, outcome, splits
 from tests.upstream import template
 
 V11 = ("Mistral-Small-3.2-24B-Instruct-2506", "unsloth-mistral-Devstral-Small-2507")
@@ -36,46 +46,13 @@ OTHERS = (
     "microsoft-Phi-3.5-mini-instruct",
 )
 
-# tests/test-chat.cpp's special_function_tool and special_function_tool_with_optional_param.
-TOOLS = [
-    ToolSpec(
-        "special_function",
-        "I'm special",
-        {
-            "type": "object",
-            "properties": {"arg1": {"type": "integer", "description": "The arg."}},
-            "required": ["arg1"],
-        },
-    ),
-    ToolSpec(
-        "special_function_with_opt",
-        "I'm special but have optional stuff",
-        {
-            "type": "object",
-            "properties": {"arg1": {"type": "integer"}, "arg2": {"type": "integer"}},
-            "required": ["arg1"],
-        },
-    ),
-]
+TOOLS = [SPECIAL, SPECIAL_OPT]
 ONE = ("special_function", {"arg1": 1})
 TWO = ("special_function_with_opt", {"arg1": 1, "arg2": 2})
 
 
 def parse(fmt: ToolFormat, text: str, *, parallel: bool = True) -> tuple[str, list[tuple[str, object]]]:
-    """(content, [(name, arguments)]): the same for every split of `text` (checked)."""
-    results = []
-    for chunks in splits(text):
-        parser = fmt.parser(TOOLS, ToolChoice(), parallel)
-        events: list[Event] = []
-        for chunk in chunks:
-            events += parser.feed(chunk)
-        events += parser.finish()
-        check_call_events(events)
-        content, calls = outcome(events)
-        results.append((content, [(name, arguments) for _, name, arguments in calls]))
-    assert all(r == results[0] for r in results), "the split changed the outcome"
-    content, calls = results[0]
-    return content, [(name, json.loads(arguments)) for name, arguments in calls]
+    return parse_however_split(fmt, TOOLS, text, parallel=parallel)
 
 
 # -- detection ---------------------------------------------------------------------------
@@ -83,17 +60,17 @@ def parse(fmt: ToolFormat, text: str, *, parallel: bool = True) -> tuple[str, li
 
 @pytest.mark.parametrize("name", [*V11, MINISTRAL])
 def test_v11_templates_detect_as_mistral_v11(name: str) -> None:
-    assert isinstance(detect_format(template(name)), MistralToolsFormat)
+    assert isinstance(detected(name), MistralToolsFormat)
 
 
 def test_nemo_keeps_the_v3_format() -> None:
-    fmt = detect_format(template(NEMO))
+    fmt = detected(NEMO)
     assert type(fmt) is MistralFormat
 
 
 @pytest.mark.parametrize("name", OTHERS)
 def test_other_families_are_not_mistral(name: str) -> None:
-    assert not isinstance(detect_format(template(name)), MistralFormat | MistralToolsFormat)
+    assert not isinstance(detected(name), MistralFormat | MistralToolsFormat)
 
 
 # -- the prompt --------------------------------------------------------------------------
@@ -206,14 +183,7 @@ def test_ministral_reasoning_is_split_before_the_call() -> None:
     assert tags is not None and (tags.open, tags.close) == ("[THINK]", "[/THINK]")
     text = '[THINK]I\'m\nthinking[/THINK][TOOL_CALLS]special_function[ARGS]{"arg1":1}'
     for chunks in splits(text):
-        splitter, parser = ReasoningSplitter(tags), MistralToolsFormat().parser(TOOLS, ToolChoice(), True)
-        events: list[Event] = []
-        for chunk in [*chunks, None]:
-            segments = splitter.feed(chunk) if chunk is not None else splitter.flush()
-            for thinking, segment in segments:
-                found = parser.feed(segment)
-                events += [ReasoningDelta(e.text) if thinking and isinstance(e, TextDelta) else e for e in found]
-        events += parser.finish()
+        events = engine_events(MistralToolsFormat().parser(TOOLS, ToolChoice(), True), chunks, tags=tags)
         check_call_events(events)
         assert "".join(e.text for e in events if isinstance(e, ReasoningDelta)) == "I'm\nthinking"
         assert [(e.name, json.loads(e.arguments)) for e in events if isinstance(e, ToolCallEnd)] == [ONE]
@@ -234,9 +204,7 @@ def history(calls: int) -> list[Message]:
 
 
 def render(name: str, messages: list[Message]) -> str:
-    fmt = detect_format(template(name))
-    chat = ChatTemplate(template(name), bos_token="<s>", eos_token="</s>")
-    return chat.render(fmt.prepare_messages(messages, TOOLS), tools=TOOLS, string_arguments=fmt.string_arguments)
+    return render_prompt(name, messages, TOOLS, bos_token="<s>", eos_token="</s>")
 
 
 @pytest.mark.parametrize("name", [*V11, MINISTRAL])

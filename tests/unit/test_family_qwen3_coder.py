@@ -3,20 +3,25 @@ outputs (tests/test-chat.cpp). The helpers here are shared by the GLM and MiniMa
 
 from __future__ import annotations
 
-import itertools
-import json
-
 import pytest
 
-from runtime.engine.reasoning import THINK, ReasoningSplitter, ThinkingTags, starts_thinking
+from runtime.engine.reasoning import THINK, ThinkingTags, starts_thinking
 from runtime.engine.template import ChatTemplate
-from runtime.engine.toolcalls import SnapshotParser, detect_format
 from runtime.engine.toolcalls.qwen3_coder import Qwen3CoderFormat
 from runtime.engine.toolcalls.xmlargs import XmlArgsFormat, convert, value_types
-from runtime.events import Event, ReasoningDelta, TextDelta, ToolCallEnd
+from runtime.events import Event
 from runtime.ir import Message, TextPart, ToolCallPart, ToolChoice, ToolResultPart, ToolSpec
+from tests.family_checks import (
+    Outcome,
+    check_call_events,
+    detected,
+    engine_events,
+    new_ids,
+    outcome,
+    render_prompt,
+)
+from tests.family_checks import same_however_split as check_splits
 from tests.grammar_check import accepts, real_vocab
-from tests.unit.test_toolcall_parsers import check_call_events, splits
 from tests.upstream import template
 
 FAMILY = ["Qwen3-Coder", "Qwen3.5-4B", "NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", "StepFun3.5-Flash"]
@@ -58,7 +63,7 @@ TOOLS = [SPECIAL, SPECIAL_OPT, PYTHON, EDIT, TODO, UNION, NULLABLE, TERMINAL, EM
 # -- helpers shared with test_family_glm / test_family_minimax ------------------------------
 
 
-def engine_events(
+def xml_events(
     fmt: XmlArgsFormat,
     chunks: list[str],
     tools: list[ToolSpec],
@@ -67,40 +72,23 @@ def engine_events(
     thinking: bool = False,
     choice: ToolChoice | None = None,
 ) -> list[Event]:
-    """What the engine emits (runtime/engine/llama.py): `<think>` split first, then the
-    parser on every segment; text inside the thinking block is reasoning."""
-    counter = itertools.count()
+    """What the engine emits for `fmt`'s parser (`engine_events`), with deterministic ids."""
     parser = fmt.parser(tools, choice or ToolChoice(), True)
-    assert isinstance(parser, SnapshotParser)
-    parser.new_id = lambda: f"call_{next(counter)}"
-    splitter = ReasoningSplitter(tags, inside=thinking) if tags else None
-    events: list[Event] = []
-
-    def convert_segments(segments: list[tuple[bool, str]]) -> None:
-        for in_thinking, segment in segments:
-            found = parser.feed(segment)
-            events.extend(ReasoningDelta(e.text) if in_thinking and isinstance(e, TextDelta) else e for e in found)
-
-    for chunk in chunks:
-        convert_segments(splitter.feed(chunk) if splitter else [(False, chunk)])
-    if splitter:
-        convert_segments(splitter.flush())
-    return events + parser.finish()
+    parser.new_id = new_ids()
+    return engine_events(parser, chunks, tags=tags, inside=thinking)
 
 
-def result(events: list[Event]) -> tuple[str, str, list[tuple[str, object]]]:
-    """(reasoning, content, [(name, arguments as JSON)])"""
+def result(events: list[Event]) -> Outcome:
+    """(reasoning, content, [(name, arguments as JSON)]), call events checked."""
     check_call_events(events)
-    reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
-    content = "".join(e.text for e in events if isinstance(e, TextDelta))
-    return reasoning, content, [(e.name, json.loads(e.arguments)) for e in events if isinstance(e, ToolCallEnd)]
+    content, reasoning, calls = outcome(events)
+    return reasoning, content, calls
 
 
-def same_however_split(fmt: XmlArgsFormat, text: str, tools: list[ToolSpec], **kwargs: object) -> object:
-    """The outcome, checked to be the same for every split of the stream."""
-    outcomes = {repr(result(engine_events(fmt, chunks, tools, **kwargs))) for chunks in splits(text)}  # type: ignore[arg-type]
-    assert len(outcomes) == 1, outcomes
-    return result(engine_events(fmt, [text], tools, **kwargs))  # type: ignore[arg-type]
+def same_however_split(fmt: XmlArgsFormat, text: str, tools: list[ToolSpec], **kwargs: object) -> Outcome:
+    """(reasoning, content, calls), checked to be the same for every split of the stream."""
+    content, reasoning, calls = check_splits(lambda chunks: xml_events(fmt, chunks, tools, **kwargs), text)  # type: ignore[arg-type]
+    return reasoning, content, calls
 
 
 def history() -> list[Message]:
@@ -116,7 +104,7 @@ def history() -> list[Message]:
 
 @pytest.mark.parametrize("name", FAMILY)
 def test_family_templates_are_detected(name: str) -> None:
-    assert isinstance(detect_format(template(name)), Qwen3CoderFormat)
+    assert isinstance(detected(name), Qwen3CoderFormat)
 
 
 @pytest.mark.parametrize("name", [*UNRELATED, "GLM-4.6", "MiniMax-M2"])
@@ -127,9 +115,7 @@ def test_other_templates_are_not(name: str) -> None:
 @pytest.mark.parametrize("name", FAMILY)
 def test_prompt_lists_the_tools_and_renders_history(name: str) -> None:
     fmt = Qwen3CoderFormat()
-    prompt = ChatTemplate(template(name)).render(
-        fmt.prepare_messages(history(), [SPECIAL]), tools=[SPECIAL], string_arguments=fmt.string_arguments
-    )
+    prompt = render_prompt(name, history(), [SPECIAL], fmt=fmt)
     assert "special_function" in prompt and "The special_function tool" in prompt
     assert "<tool_call>\n<function=special_function>\n<parameter=arg1>\n1\n</parameter>\n</function>" in prompt
     assert "Sunny, 18C" in prompt
@@ -272,7 +258,7 @@ def test_markup_that_is_not_a_call_is_content(text: str) -> None:
 
 
 def test_calls_to_other_tools_and_beyond_one_are_dropped() -> None:
-    events = engine_events(Qwen3CoderFormat(), [TWO_CALLS], TOOLS, choice=ToolChoice("function", "special_function"))
+    events = xml_events(Qwen3CoderFormat(), [TWO_CALLS], TOOLS, choice=ToolChoice("function", "special_function"))
     assert result(events)[2] == [("special_function", {"arg1": 1})]
 
 
@@ -280,7 +266,7 @@ def test_string_values_stream_as_they_are_written() -> None:
     text = (
         "<tool_call>\n<function=python>\n<parameter=code>\nprint(1)\nprint(2)\n</parameter>\n</function>\n</tool_call>"
     )
-    events = engine_events(Qwen3CoderFormat(), list(text), [PYTHON])
+    events = xml_events(Qwen3CoderFormat(), list(text), [PYTHON])
     deltas = [e for e in events if type(e).__name__ == "ToolCallDelta"]
     assert len(deltas) > 10  # not all at the end
 

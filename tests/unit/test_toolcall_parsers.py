@@ -23,8 +23,9 @@ from runtime.engine.toolcalls import (
 )
 from runtime.engine.toolcalls.generic import prepare_generic
 from runtime.engine.toolcalls.jsonscan import JsonScanner
-from runtime.events import Event, TextDelta, ToolCallDelta, ToolCallEnd, ToolCallStart
+from runtime.events import Event, TextDelta, ToolCallEnd
 from runtime.ir import Message, TextPart, ToolCallPart, ToolResultPart, ToolSpec
+from tests.family_checks import check_call_events, splits
 
 
 def make(cls: type[ToolCallParser], **kwargs: object) -> ToolCallParser:
@@ -45,33 +46,6 @@ def outcome(events: list[Event]) -> tuple[str, list[tuple[str, str, str]]]:
     text = "".join(e.text for e in events if isinstance(e, TextDelta))
     calls = [(e.id, e.name, e.arguments) for e in events if isinstance(e, ToolCallEnd)]
     return text, calls
-
-
-def splits(text: str) -> list[list[str]]:
-    """The text in one piece, cut at every position, and char by char."""
-    return [[text]] + [[text[:k], text[k:]] for k in range(1, len(text))] + [list(text)]
-
-
-def check_call_events(events: list[Event]) -> None:
-    """Start, then deltas, then End per call; deltas concatenate to End's arguments."""
-    open_calls: dict[int, tuple[str, list[str]]] = {}
-    for e in events:
-        if isinstance(e, ToolCallStart):
-            assert e.index not in open_calls
-            assert e.id.startswith("call_")
-            open_calls[e.index] = (e.id, [])
-        elif isinstance(e, ToolCallDelta):
-            assert e.index in open_calls
-            open_calls[e.index][1].append(e.arguments)
-            scan = JsonScanner()
-            scan.feed("".join(open_calls[e.index][1]))
-            assert not scan.failed, "every streamed prefix is valid JSON so far"
-        elif isinstance(e, ToolCallEnd):
-            call_id, parts = open_calls.pop(e.index)
-            assert e.id == call_id
-            assert "".join(parts) == e.arguments
-            json.loads(e.arguments)
-    assert not open_calls
 
 
 HERMES_TWO = (
