@@ -71,7 +71,9 @@ def image_from_url(url: str, *, param: str) -> ImagePart:
 
 def tool_result_body(result: ToolResult) -> dict[str, Any]:
     """A server-side tool run, as every dialect shows it (stream frames and the
-    `tool_results` extension field of non-streaming bodies)."""
+    `tool_results` extension field of non-streaming bodies). `attachments` is a list of
+    `{"type": "image"|"html"|"file", "media_type": ..., "data": base64}` (runtime/tools.py
+    `Attachment.wire`), the same in every dialect: see docs/plugins.md."""
     return {
         "call_id": result.call_id,
         "name": result.name,

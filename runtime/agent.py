@@ -8,13 +8,18 @@ swallowed here and replaced by ToolRunStart/ToolResult events. Client calls pass
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+
+from PIL import Image, UnidentifiedImageError
 
 from runtime.engine.base import Engine
 from runtime.events import (
@@ -30,10 +35,20 @@ from runtime.events import (
     Usage,
 )
 from runtime.fitting import fit_results
-from runtime.ir import ChatRequest, Message, Part, TextPart, ToolCallPart, ToolChoice, ToolResultPart, ToolSpec
+from runtime.ir import (
+    ChatRequest,
+    ImagePart,
+    Message,
+    Part,
+    TextPart,
+    ToolCallPart,
+    ToolChoice,
+    ToolResultPart,
+    ToolSpec,
+)
 from runtime.plugins import ToolRegistry
 from runtime.sessions import Session
-from runtime.tools import Tool, ToolContext, ToolOutput
+from runtime.tools import MODEL_IMAGE_TYPES, Tool, ToolContext, ToolOutput
 
 log = logging.getLogger(__name__)
 
@@ -138,25 +153,40 @@ async def run_agent(
             yield result
         # A forced call has been made; from now on the model must be free to answer in text.
         choice = ToolChoice("auto") if current.tool_choice.mode in ("required", "function") else current.tool_choice
-        current = dataclasses.replace(
-            current,
-            messages=[*current.messages, *_transcript(turn, results, current.prefill)],
-            tool_choice=choice,
-            prefill="",  # now part of the transcript
-        )
+        before = current
+        # A model with a projector sees the images the tools displayed as image inputs.
+        images = await model_images(results) if engine.info.vision else {}
+        current = _with_round(before, turn, results, choice, images)
         if turn.client_calls:
             yield usage.event()
             yield Finished("tool_calls")
             return
         # The tools ran: their results must reach the client whatever happens next. If the
-        # transcript outgrows the context, the results are shortened; if nothing would fit,
-        # the response ends here (the results are already out) as cut by length.
-        fitted = await fit_results(engine, current, len(results))
+        # transcript outgrows the context, the results are shortened (images dropped first,
+        # for the text note); if nothing would fit, the response ends here (the results are
+        # already out) as cut by length.
+        fitted = await fit_results(engine, current, len(results) + bool(images))
+        if fitted is None and images:
+            log.info("this round's images do not fit the context; the model reads a note instead")
+            current = _with_round(before, turn, results, choice, {})
+            fitted = await fit_results(engine, current, len(results))
         if fitted is None:
             yield usage.event()
             yield Finished("length")
             return
         current = fitted
+
+
+def _with_round(
+    request: ChatRequest, turn: _Turn, results: list[ToolResult], choice: ToolChoice, images: dict[str, list[ImagePart]]
+) -> ChatRequest:
+    """`request` extended by one tool round (the calls, their results, `images` by call id)."""
+    return dataclasses.replace(
+        request,
+        messages=[*request.messages, *_transcript(turn, results, request.prefill, images)],
+        tool_choice=choice,
+        prefill="",  # now part of the transcript
+    )
 
 
 def _without_server(choice: ToolChoice, server: dict[str, Tool]) -> ToolChoice:
@@ -248,23 +278,72 @@ async def execute_tool(
 
 
 def to_result(call_id: str, name: str, arguments: str, output: ToolOutput) -> ToolResult:
-    attachments = [{"type": "image", "media_type": a.media_type, "data": a.data} for a in output.attachments]
+    attachments = [a.wire() for a in output.attachments]
     return ToolResult(call_id, name, arguments, output.text, output.is_error, attachments, output.session_restored)
 
 
-def _for_model(result: ToolResult) -> str:
+async def model_images(results: list[ToolResult]) -> dict[str, list[ImagePart]]:
+    """The images of `results` a vision model can be shown, by call id: PNG, JPEG and GIF
+    attachments that decode (checked with Pillow, since they come out of the sandbox).
+    Others (SVG, HTML, anything broken) reach the client only."""
+    shown: dict[str, list[ImagePart]] = {}
+    for result in results:
+        for i, attachment in enumerate(result.attachments):
+            if attachment.get("media_type") not in MODEL_IMAGE_TYPES:
+                continue
+            data = await asyncio.to_thread(_decodable, str(attachment.get("data", "")))
+            if data is not None:
+                where = f"tool_results[{result.call_id}].attachments[{i}]"
+                shown.setdefault(result.call_id, []).append(ImagePart(data, None, attachment["media_type"], where))
+    return shown
+
+
+def _decodable(encoded: str) -> bytes | None:
+    """The image's bytes, or None when they are not base64 of an image Pillow can read."""
+    try:
+        data = base64.b64decode(encoded, validate=True)
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except (binascii.Error, ValueError, UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError):
+        log.info("a tool's image attachment could not be decoded; the model is not shown it")
+        return None
+    return data
+
+
+def _for_model(result: ToolResult, shown: int = 0) -> str:
+    """What the model reads of one result; `shown` of its images follow in a user message."""
     text = result.output
     if len(text) > MAX_OUTPUT_CHARS:
         text = text[:MAX_OUTPUT_CHARS] + f"\n[... {len(result.output) - MAX_OUTPUT_CHARS} more characters cut]"
-    if result.attachments:
-        text += f"\n[{len(result.attachments)} image(s) were shown to the user]"
+    images = sum(1 for a in result.attachments if a.get("type") == "image")
+    if images:
+        text += f"\n[{images} image(s) were shown to the user]"
+        if shown:
+            text = text[:-1] + (f"; {shown} of them follow]" if shown < images else " and follow]")
     return ("Error: " + text) if result.is_error else text
 
 
-def _transcript(turn: _Turn, results: list[ToolResult], prefill: str = "") -> list[Message]:
+def _transcript(
+    turn: _Turn, results: list[ToolResult], prefill: str = "", images: dict[str, list[ImagePart]] | None = None
+) -> list[Message]:
+    """The round as the model reads it next: its own message with the calls, one `tool`
+    message per result and, when `images` (by call id) is not empty, one user message with
+    those images, each result's introduced by a line (the IR's tool results are text, and
+    every chat template renders images in a user turn; Anthropic clients' own tool-result
+    images take the same place, see dialects/anthropic/content.py)."""
+    images = images or {}
     text = prefill + turn.text
     parts: list[Part] = [TextPart(text)] if text else []
     parts += [ToolCallPart(c.id, c.name, c.arguments) for c in turn.server_calls]
     messages = [Message("assistant", parts)]
-    messages += [Message("tool", [ToolResultPart(r.call_id, _for_model(r), r.is_error, r.name)]) for r in results]
+    messages += [
+        Message("tool", [ToolResultPart(r.call_id, _for_model(r, len(images.get(r.call_id, []))), r.is_error, r.name)])
+        for r in results
+    ]
+    shown: list[Part] = []
+    for r in results:
+        if found := images.get(r.call_id):
+            shown += [TextPart(f"[{len(found)} image(s) displayed by the {r.name} call above:]\n"), *found]
+    if shown:
+        messages.append(Message("user", shown))
     return messages

@@ -3,6 +3,7 @@ lives on `app.state.runtime`, never in a module global."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from dialects import models, sessions
 from dialects.anthropic.routes import count_message_tokens, create_message
 from dialects.openai_chat.routes import chat_completions
 from dialects.openai_responses import routes as responses
+from runtime import toolenv
 from runtime.config import ServerConfig
 from runtime.http import ClientGone, error_response, require_api_key
 from runtime.keys import KeyStore
@@ -60,7 +62,10 @@ def build_runtime(
     tools: ToolRegistry | None = None,
 ) -> Runtime:
     disk = config.tools.session_disk_mib * 1024 * 1024
-    sandbox = SandboxRunner(SandboxConfig(unsafe_no_sandbox=config.tools.unsafe_no_sandbox, session_disk_bytes=disk))
+    sandbox_config = SandboxConfig(unsafe_no_sandbox=config.tools.unsafe_no_sandbox, session_disk_bytes=disk)
+    if config.tools.tool_env is not None:
+        sandbox_config = dataclasses.replace(sandbox_config, tool_env=config.tools.tool_env)
+    sandbox = SandboxRunner(sandbox_config)
     sessions = SessionManager(
         config.data_dir / "sessions",
         idle_seconds=config.tools.session_idle_seconds,
@@ -71,11 +76,16 @@ def build_runtime(
         ttl_seconds=config.tools.session_ttl_seconds,
     )
     sandbox.check_disk_budget(sessions.root, config.tools.max_sessions)  # all sessions: at most this much
+    if tools is None:
+        tools = load_plugins(search_provider=config.tools.search_provider)
+    ready = toolenv.readiness(sandbox, tools.names(), getattr(tools.search_provider, "name", None))
+    degraded = ready.not_ready or ("python" in tools and sandbox.tool_env is None)  # no pandas & co.
+    log.log(logging.WARNING if degraded else logging.INFO, "%s", ready.line())
     return Runtime(
         config=config,
         keys=keys or KeyStore(config.keys_db),
         engine_factory=engine_factory or default_engine_factory(config),
-        tools=tools if tools is not None else load_plugins(search_provider=config.tools.search_provider),
+        tools=tools,
         sessions=sessions,
         sandbox=sandbox,
     )

@@ -1,4 +1,4 @@
-"""`toolstudio run` and `toolstudio keys create|list|revoke`."""
+"""`toolstudio run`, `toolstudio keys create|list|revoke` and `toolstudio tools setup|install|status`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from types import FrameType
 
 import uvicorn
 
+from runtime import toolenv
 from runtime.config import EngineConfig, SamplingDefaults, ServerConfig, ToolsConfig, default_data_dir
 from runtime.keys import KeyStore, KeyStoreError
 from runtime.model_source import ModelSourceError, check_gguf, model_id_for, resolve_model, resolve_projector
@@ -115,6 +116,7 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="MIB",
         help="disk quota of each session's workspace, MiB (0: none); enforced as root with a loop-mounted image",
     )
+    _tool_env_option(tools)
     run.add_argument("-p", "--port", type=int, default=8888)
     run.add_argument("-H", "--host", default="127.0.0.1")
     run.add_argument("--cors-origin", action="append", default=[], help="allow browser calls from this origin")
@@ -127,6 +129,36 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
+
+
+def _tool_env_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--tool-env",
+        type=Path,
+        metavar="PATH",
+        help="the virtualenv the python tool and `python3` in bash run on (env TOOLSTUDIO_TOOL_ENV; "
+        "default /opt/toolstudio/tool-env as root, else <data dir>/tool-env)",
+    )
+
+
+def _tools_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tools = sub.add_parser("tools", help="the tool environment (the python tool's packages)")
+    tools_sub = tools.add_subparsers(dest="tools_command", required=True)
+    setup = tools_sub.add_parser(
+        "setup", help="build or update the tool environment from plugins/python_tool/requirements.txt"
+    )
+    setup.add_argument("--upgrade", action="store_true", help="upgrade the packages within their pinned ranges")
+    setup.add_argument(
+        "--python",
+        default=toolenv.BASE_INTERPRETER,
+        help="the base interpreter (must live under /usr: the sandbox sees only that)",
+    )
+    install = tools_sub.add_parser("install", help="pip-install packages into the tool environment (kept on rebuilds)")
+    install.add_argument("packages", nargs="+", metavar="PKG", help="pip requirement, e.g. seaborn or 'polars>=1'")
+    status = tools_sub.add_parser("status", help="where the tool environment is and what it has")
+    for parser in (setup, install, status):
+        _tool_env_option(parser)
+        _common(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key by name or prefix")
     revoke.add_argument("name_or_prefix")
     _common(revoke)
+    _tools_parser(sub)
     return parser
 
 
@@ -172,6 +205,24 @@ def _keys(args: argparse.Namespace, data_dir: Path) -> int:
             print(f"revoked {record.name} ({record.prefix}…)")
     finally:
         store.close()
+    return 0
+
+
+def _tools(args: argparse.Namespace, data_dir: Path) -> int:
+    env = (args.tool_env or toolenv.default_tool_env(data_dir)).absolute()
+    try:
+        if args.tools_command == "setup":
+            changed = toolenv.setup(env, base=args.python, upgrade=args.upgrade)
+            print(f"tool environment {'ready' if changed else 'up to date'}: {toolenv.describe(env)}")
+        elif args.tools_command == "install":
+            toolenv.install(env, args.packages)
+            print(f"installed into {env}: {' '.join(args.packages)} (kept when `toolstudio tools setup` rebuilds)")
+        else:
+            why = toolenv.problem(env)
+            print(f"tool environment: {why}" if why else f"tool environment: {toolenv.describe(env)}")
+            return 1 if why else 0
+    except toolenv.ToolEnvError as exc:
+        return fail(str(exc))
     return 0
 
 
@@ -217,6 +268,9 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
             format_named(args.tool_format)
         except ValueError as exc:
             return fail(str(exc))
+    tool_env = (args.tool_env or toolenv.default_tool_env(data_dir)).absolute()
+    if args.tool_env is not None and (why := toolenv.problem(tool_env)):
+        return fail(f"--tool-env: {why}")
     mmproj = args.mmproj
     if mmproj is None and not args.no_mmproj:
         mmproj = resolve_projector(args.model)
@@ -259,6 +313,7 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
             search_provider=args.search_provider,
             unsafe_no_sandbox=args.unsafe_no_sandbox,
             session_disk_mib=args.session_disk,
+            tool_env=tool_env,
         ),
         sampling=SamplingDefaults(
             temperature=args.temperature,
@@ -297,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "keys":
             return _keys(args, data_dir)
+        if args.command == "tools":
+            return _tools(args, data_dir)
         return _run(args, data_dir)
     except (KeyStoreError, ModelSourceError, PluginError) as exc:
         return fail(str(exc))

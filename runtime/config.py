@@ -63,6 +63,7 @@ class ToolsConfig:
     unsafe_no_sandbox: bool = False
     search_provider: str = "ddgs"
     session_disk_mib: int = 1024  # `--session-disk`: each workspace's disk quota (0: none)
+    tool_env: Path | None = None  # `--tool-env`: the python tool's virtualenv (None: toolenv.default_tool_env())
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runtime.toolenv import default_tool_env
+from runtime.toolenv import problem as tool_env_problem
+
 if TYPE_CHECKING:
     from runtime.sessions import Session
 
@@ -109,6 +112,10 @@ class SandboxConfig:
     # Per-session disk quota for workspaces made by `open_workspace` (as root, a loop-mounted ext4
     # image); None or 0: none. Single files are bounded by `limits.file_size_bytes` either way.
     session_disk_bytes: int | None = _GiB
+    # The tool environment (runtime/toolenv.py): bound read-only at its own path, its bin/ first on
+    # PATH, so the python tool's kernel and `python3` in bash run on it. One that is missing or
+    # unusable is left out (`SandboxRunner.tool_env_problem` says why): system Python is used then.
+    tool_env: Path | None = field(default_factory=default_tool_env)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +268,8 @@ class SandboxRunner:
         self._boxes_lock = threading.Lock()  # open/close run in worker threads
         self.per_session_uids = self.sandboxed and self._root and self.config.isolate_sessions
         self.disk_quota_problem: str | None = None  # why per-session disks are off, if they are
+        # The tool environment every sandbox gets (None: none usable, and why not).
+        self.tool_env, self.tool_env_problem = self._usable_tool_env()
         if self.config.unsafe_no_sandbox:
             msg = "!!! SANDBOX DISABLED (--unsafe-no-sandbox): tools run on this host as uid %d, unisolated !!!"
             log.warning(msg, os.getuid())
@@ -315,6 +324,33 @@ class SandboxRunner:
             self.config.limits.nproc,
             f"{self.disk_quota // _MiB} MiB" if self.disk_quota else "not bounded",
         )
+
+    def _usable_tool_env(self) -> tuple[Path | None, str | None]:
+        env = self.config.tool_env
+        if env is None:
+            return None, "no tool environment configured"
+        env = Path(os.path.abspath(env))
+        if why := tool_env_problem(env):
+            return None, why
+        if self._root and self.sandboxed:
+            # bwrap resolves bind sources as the sandbox uid (a session's own one: "other" bits).
+            uid = self.config.uid_base if self.per_session_uids else self.uid
+            gid = self.config.uid_base if self.per_session_uids else self.gid
+            if not _traversable_by(env / "bin", uid, gid):
+                return None, (
+                    f"the sandbox user (uid {uid}) cannot reach {env}: put the tool environment on a path "
+                    "every user can traverse (e.g. /opt/toolstudio/tool-env)"
+                )
+        return env, None
+
+    @property
+    def tool_python(self) -> str | None:
+        """The tool environment's interpreter, if there is a usable tool environment."""
+        return str(self.tool_env / "bin" / "python") if self.tool_env is not None else None
+
+    def _path(self, system: str) -> str:
+        """PATH for sandboxed commands: the tool environment's bin/ first, then `system`."""
+        return f"{self.tool_env}/bin:{system}" if self.tool_env is not None else system
 
     @property
     def sandboxed(self) -> bool:
@@ -565,6 +601,8 @@ class SandboxRunner:
             box += ["--bind", str(host), inside]
         for host, inside in ro_binds:
             box += ["--ro-bind", str(host), inside]
+        if self.tool_env is not None:  # only this directory: never the server's venv or data dir
+            box += ["--ro-bind", str(self.tool_env), str(self.tool_env)]
         box += ["--proc", "/proc", "--dev", "/dev", "--size", str(self.config.tmp_size_bytes), "--tmpfs", "/dev/shm"]
         # bwrap's root and /dev are tmpfs in RAM: make them read-only, the mounts above stay as set.
         box += ["--remount-ro", "/", "--remount-ro", "/dev", "--chdir", INSIDE_WORKSPACE]
@@ -573,14 +611,15 @@ class SandboxRunner:
         box += ["--unshare-all", "--unshare-user", "--disable-userns"]
         box += ["--hostname", "sandbox", "--die-with-parent", "--new-session"]
         box += ["--cap-drop", "ALL", "--clearenv"]
-        base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": INSIDE_WORKSPACE, "LANG": "C.UTF-8"}
+        base_env = {"PATH": self._path("/usr/local/bin:/usr/bin:/bin"), "HOME": INSIDE_WORKSPACE, "LANG": "C.UTF-8"}
         for key, value in {**base_env, **(env or {})}.items():
             box += ["--setenv", key, value]
         return [*hop, *self._privilege_drop(owner), *prlimit, *box, "--", *inner_argv]
 
     def unsafe_env(self, workspace: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
         """Environment for unsafe-mode children: minimal, like inside the sandbox."""
-        base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workspace), "LANG": "C.UTF-8"}
+        path = self._path(os.environ.get("PATH", "/usr/bin:/bin"))
+        base = {"PATH": path, "HOME": str(workspace), "LANG": "C.UTF-8"}
         return {**base, **(env or {})}
 
     async def run(

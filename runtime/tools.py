@@ -19,12 +19,33 @@ if TYPE_CHECKING:
 DEFAULT_SERVER_TOOLS = ("python", "bash", "web_search")
 
 
+# The media types a model with a projector is shown (on its next turn) when a tool attaches
+# them; any other attachment only reaches the client.
+MODEL_IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif")
+
+
 @dataclass(frozen=True, slots=True)
 class Attachment:
-    """Binary output, e.g. a matplotlib figure. `data` is base64."""
+    """Rich output that is not text for the model, e.g. a matplotlib figure or a DataFrame's
+    HTML table. `media_type` is its MIME type (`image/png`, `image/jpeg`, `image/svg+xml`,
+    `text/html`, ...); `data` is base64 of its bytes, for text types too (UTF-8), so a client
+    decodes every attachment the same way.
+
+    On the wire (every dialect's `tool_result`) it is `{"type": kind, "media_type", "data"}`.
+    """
 
     media_type: str
     data: str
+
+    @property
+    def kind(self) -> str:
+        """`image` for image/* types, `html` for text/html, else `file`."""
+        if self.media_type.startswith("image/"):
+            return "image"
+        return "html" if self.media_type == "text/html" else "file"
+
+    def wire(self) -> dict[str, str]:
+        return {"type": self.kind, "media_type": self.media_type, "data": self.data}
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,6 +95,7 @@ def usage_body(usage: Usage) -> dict[str, Any]:
 
 
 def tool_result_body(result: ToolResult) -> dict[str, Any]:
+    """dialects/common.py's body (attachments included, same shape), keyed by `tool_use_id`."""
     return {
         "tool_use_id": tool_use_id(result.call_id),
         "name": result.name,

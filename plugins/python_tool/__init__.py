@@ -89,9 +89,9 @@ class PythonTool:
         except Exception as exc:  # a tool reports, it never takes the request down
             log.exception("python tool failed")
             return ToolOutput(f"The python tool failed: {type(exc).__name__}: {exc}", is_error=True)
-        # An exception raised by the code is a normal result (like a non-zero exit in bash):
-        # is_error is kept for the tool itself failing to run.
-        return ToolOutput(result.text(), attachments=result.attachments)
+        # A cell that raised (the traceback is in the text), timed out or crashed the kernel is
+        # an error result, as a failed cell is in a notebook; what it printed before is kept.
+        return ToolOutput(result.text(), is_error=result.failed, attachments=result.attachments)
 
 
 @hookimpl

@@ -6,9 +6,10 @@ Why it is built this way (see notes/sandbox.md):
   file must mean the same thing on both sides.
 - `interrupt_mode="message"`: a SIGINT to the process jupyter_client launched would hit bwrap's
   process group, not the kernel; an `interrupt_request` makes ipykernel signal itself.
-- The interpreter must be visible inside the sandbox: Debian's /usr/bin/python3 (with the
-  `python3-ipykernel` package) by default, since a venv whose base interpreter lives under /root
-  cannot be traversed by the sandbox uid.
+- The interpreter must be visible inside the sandbox: the tool environment's (runtime/toolenv.py:
+  a virtualenv of /usr/bin/python3 with the pinned scientific stack, bound read-only at its own
+  path) when the runner has one, else Debian's /usr/bin/python3 (with `python3-ipykernel`). The
+  server's own virtualenv is never used: it is not visible inside.
 - The kernel runs as its session's own uid (`SandboxRunner.uid_for`), so its processes and
   threads count against that session's RLIMIT_NPROC only.
 - A reaper thread in the kernel (`BOOT`) waits for children that have been zombies for over a
@@ -134,7 +135,8 @@ class SessionKernel:
     ) -> None:
         self.runner = runner
         self.workspace = workspace
-        self.interpreter = interpreter or os.environ.get(INTERPRETER_ENV) or DEFAULT_INTERPRETER
+        # An explicit interpreter wins, then the operator's variable, then the tool environment.
+        self.interpreter = interpreter or os.environ.get(INTERPRETER_ENV) or runner.tool_python or DEFAULT_INTERPRETER
         self.ro_binds = list(ro_binds)
         self.startup_timeout = startup_timeout
         self.interrupt_grace = interrupt_grace
@@ -281,10 +283,10 @@ class SessionKernel:
         if not kernel_log:
             return f"it did not answer within {self.startup_timeout:g} s and wrote nothing to its log"
         if any(sign in kernel_log for sign in missing):
-            return (
-                f"the interpreter {self.interpreter} is missing or lacks ipykernel (e.g. `apt-get install "
-                f"python3-ipykernel`; set {INTERPRETER_ENV} to use another)"
-            )
+            why = f"the interpreter {self.interpreter} is missing or lacks ipykernel"
+            if self.runner.tool_env is None:  # the likely fix: build the tool environment
+                why += f" ({self.runner.tool_env_problem}; or `apt-get install python3-ipykernel`)"
+            return f"{why}; set {INTERPRETER_ENV} to use another interpreter"
         return "see the kernel log below"
 
     async def _stop(self) -> None:

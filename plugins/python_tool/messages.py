@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import queue
 import re
@@ -15,8 +16,12 @@ from runtime.tools import Attachment
 log = logging.getLogger(__name__)
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-IMAGE_TYPES = ("image/png", "image/jpeg")
-MAX_IMAGES = 8
+# Display data kept as attachments, in order of preference when one bundle offers several
+# (matplotlib's inline backend sends PNG; `figure_formats = ["svg"]` sends SVG).
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/svg+xml")
+HTML_TYPE = "text/html"  # a DataFrame's table, or IPython.display.HTML
+MAX_ATTACHMENTS = 8  # per cell; later ones are named in the output but not attached
+MAX_ATTACHMENT_BYTES = 8 * 1024 * 1024  # per attachment, decoded
 OUTPUT_CAP_BYTES = 64 * 1024
 _POLL = 0.5  # how often a silent cell is checked for a dead kernel
 
@@ -56,6 +61,11 @@ class Execution:
             self.output.write(text.encode("utf-8", errors="replace"))
             self._ends_with_newline = text.endswith("\n")
 
+    @property
+    def failed(self) -> bool:
+        """The cell did not complete: it raised, timed out, or took the kernel down."""
+        return self.error_name is not None or self.timed_out or self.kernel_died or self.stuck
+
     def text(self) -> str:
         body = self.output.text().rstrip("\n")
         notes = list(self.notes)
@@ -67,17 +77,42 @@ class Execution:
         return "\n".join(parts) if parts else "(no output)"
 
     def add_data(self, data: dict[str, Any]) -> None:
-        """An execute_result or display_data bundle: an image if there is one, else its text."""
+        """An execute_result or display_data bundle (`{media type: payload}`).
+
+        An image (PNG, JPEG, SVG) becomes an attachment and a line `[image/png image N attached]`
+        in the output; otherwise the `text/plain` repr goes to the output, and `text/html`
+        (a DataFrame's table) becomes an attachment next to it, unannounced. Jupyter sends
+        binary types base64 (possibly wrapped) and text types as strings; every attachment's
+        `data` is base64 of the payload's bytes.
+        """
         for media_type in IMAGE_TYPES:
             if media_type in data:
-                if len(self.attachments) < MAX_IMAGES:
-                    payload = "".join(str(data[media_type]).split())  # base64 may come wrapped
-                    self.attachments.append(Attachment(media_type=media_type, data=payload))
+                if self.attach(media_type, data[media_type]):
                     self.write("other", f"[{media_type} image {len(self.attachments)} attached]\n")
                 return
         text = data.get("text/plain")
         if text:
             self.write("other", strip_ansi(str(text)) + "\n")
+        if HTML_TYPE in data:
+            self.attach(HTML_TYPE, data[HTML_TYPE])
+
+    def attach(self, media_type: str, payload: Any) -> bool:
+        """Keep one display payload as an attachment; False (with a note) when over a cap."""
+        if len(self.attachments) >= MAX_ATTACHMENTS:
+            self.notes.append(f"A {media_type} output was not attached: at most {MAX_ATTACHMENTS} per call.")
+            return False
+        if media_type.startswith("image/") and media_type != "image/svg+xml":
+            encoded = "".join(str(payload).split())  # already base64, maybe wrapped
+            size = len(encoded) * 3 // 4
+        else:
+            raw = str(payload).encode("utf-8", errors="replace")
+            encoded, size = base64.b64encode(raw).decode("ascii"), len(raw)
+        if size > MAX_ATTACHMENT_BYTES:
+            limit = MAX_ATTACHMENT_BYTES // (1024 * 1024)
+            self.notes.append(f"A {media_type} output of {size} bytes was not attached: the limit is {limit} MiB.")
+            return False
+        self.attachments.append(Attachment(media_type=media_type, data=encoded))
+        return True
 
 
 async def collect(km: Any, kc: Any, code: str, timeout: float, grace: float) -> Execution:

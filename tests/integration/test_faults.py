@@ -62,7 +62,8 @@ def kernel_pids(server_pid: int) -> set[int]:
     found = set()
     for pid in descendants(server_pid):
         argv = cmdline(pid)
-        if argv and "ipykernel_launcher" in argv and "python" in Path(argv[0]).name:
+        # `python -m ipykernel_launcher`, or the kernel's boot script (`python -c "…ipykernel…"`).
+        if argv and any("ipykernel" in arg for arg in argv[1:3]) and "python" in Path(argv[0]).name:
             found.add(pid)
     return found
 

@@ -360,7 +360,11 @@ def test_server_python_call(fam: Served) -> None:
     chunks = list(stream)
     results = [c.model_extra["tool_result"] for c in chunks if (c.model_extra or {}).get("tool_result")]
     assert results, [c.model_dump(exclude_none=True) for c in chunks][:5]
-    assert results[0]["is_error"] is False, results[0]
+    # The call ran in the kernel: the random model's code either worked or failed in Python
+    # (an error result with the exception in its output), never the tool itself.
+    result = results[0]
+    assert not result["is_error"] or re.search(r"\w+(Error|Exception)\b", result["output"]), result
+    assert "python tool failed" not in result["output"] and "kernel failed" not in result["output"], result
     assert not fam.errors_since(offset), fam.log_since(offset)
 
 
