@@ -181,7 +181,7 @@ async def test_multi_turn_tool_conversation_renders_and_answers(engine: LlamaEng
 
 
 async def test_unsupported_schema_fails_before_any_event(engine: LlamaEngine) -> None:
-    fmt = OutputFormat("json_schema", {"type": "object", "properties": {"a": {"not": {}}}}, strict=True)
+    fmt = OutputFormat("json_schema", {"type": "object", "properties": {"a": {"not": {"type": "string"}}}}, strict=True)
     with pytest.raises(UnsupportedFeature):
         await collect(engine, request(output_format=fmt))
 
