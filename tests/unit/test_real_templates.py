@@ -144,3 +144,14 @@ def test_templates_without_a_system_role_get_it_in_the_first_user_message() -> N
     assert prompt.index("You answer in one sentence.") < prompt.index("What is the weather in Rome?")
     assert ChatTemplate(source("google-gemma-2-2b-it")).supports_system_role is False
     assert ChatTemplate(source("Qwen-Qwen2.5-7B-Instruct")).supports_system_role is True
+
+
+def test_tool_results_then_images_render_on_a_template_that_insists_on_alternation() -> None:
+    # The generic format turns tool results into a user message; a tool's images follow as
+    # another one (runtime/agent.py). Gemma 2 raises on two user turns in a row.
+    from runtime.ir import ImagePart
+
+    image = Message("user", [TextPart("[1 image(s) displayed by the python call above:]"), ImagePart(data=b"png")])
+    history = [*HISTORY[:4], image, HISTORY[4], HISTORY[5]]
+    prompt = render("google-gemma-2-2b-it", history, [WEATHER])
+    assert "18 C and sunny" in prompt and "displayed by the python call" in prompt

@@ -83,4 +83,16 @@ def prepare_generic(messages: list[Message], tools: list[ToolSpec]) -> list[Mess
         else:
             out.append(message)
     flush()
+    return _merge_user_turns(out)
+
+
+def _merge_user_turns(messages: list[Message]) -> list[Message]:
+    """Adjacent user messages as one (tool results, then images a tool showed, then the
+    user's text): templates that insist on alternating roles (Gemma) reject two in a row."""
+    out: list[Message] = []
+    for message in messages:
+        if out and message.role == "user" and out[-1].role == "user":
+            out[-1] = Message("user", [*out[-1].parts, TextPart("\n\n"), *message.parts])
+        else:
+            out.append(message)
     return out
