@@ -19,6 +19,7 @@ from runtime.engine.toolcalls import (
     MistralFormat,
     MistralParser,
     ToolCallParser,
+    ToolFormat,
     detect_format,
 )
 from runtime.engine.toolcalls.generic import prepare_generic
@@ -286,3 +287,17 @@ def test_every_prefix_of_valid_json_heals_into_valid_json(value: object, ascii_o
     scan = JsonScanner()
     scan.feed(text + " tail")
     assert scan.done and scan.consumed == len(text)
+
+
+@pytest.mark.parametrize("fmt", [GenericFormat(), HermesFormat()], ids=lambda f: f.name)
+def test_the_last_round_grammar_allows_any_answer_but_no_call(fmt: ToolFormat) -> None:
+    # The agent loop's last round (no tool left to run): the model must answer in text.
+    from tests.grammar_check import accepts, real_vocab
+
+    gbnf = fmt.no_calls_grammar()
+    assert gbnf is not None
+    vocab = real_vocab("llama-bpe")
+    assert accepts(vocab, gbnf, "The answer is 56088.")
+    assert accepts(vocab, gbnf, "A set {1, 2} and a brace } are fine inside the text.")
+    call = '{"tool_calls": [{"name": "python", "arguments": {}}]}' if fmt.name == "generic" else "<tool_call>"
+    assert not accepts(vocab, gbnf, call)

@@ -271,5 +271,10 @@ class GenericFormat(JsonCallsFormat):
     def section(self, b: GrammarBuilder, calls: str) -> str:
         return f'"{{\\"tool_calls\\": [" {calls} "]}}"'
 
+    def no_calls_grammar(self) -> str | None:
+        # A call is a whole message starting with `{`: an answer that starts otherwise is
+        # never one (after that first character, any text).
+        return "root ::= [ \\t\\n]* ([^{ \\t\\n] [^\\x00]*)?\n"
+
     def prepare_messages(self, messages: list[Message], tools: list[ToolSpec]) -> list[Message]:
         return prepare_generic(messages, tools)
