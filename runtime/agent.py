@@ -115,9 +115,9 @@ async def run_agent(
     budget = request.server_tools.max_calls
     usage = _UsageSum()
     for iteration in range(cap + 1):
-        if iteration == cap or budget == 0:
-            iteration = cap
-            # Out of rounds: one last generation without server tools, so the model answers.
+        last = iteration == cap or budget == 0
+        if last:
+            # Out of rounds (or calls): one last generation without server tools, so the model answers.
             current = dataclasses.replace(
                 current,
                 tools=list(request.tools),
@@ -130,7 +130,7 @@ async def run_agent(
                 usage.add(event)
             else:
                 yield event
-        if not turn.server_calls or iteration == cap:
+        if not turn.server_calls or last:
             # Server calls past the cap are not run (and were never shown as client calls).
             finish = turn.finish or Finished("stop")
             if finish.reason == "tool_calls" and not turn.client_calls:
@@ -317,9 +317,8 @@ def _for_model(result: ToolResult, shown: int = 0) -> str:
         text = text[:MAX_OUTPUT_CHARS] + f"\n[... {len(result.output) - MAX_OUTPUT_CHARS} more characters cut]"
     images = sum(1 for a in result.attachments if a.get("type") == "image")
     if images:
-        text += f"\n[{images} image(s) were shown to the user]"
-        if shown:
-            text = text[:-1] + (f"; {shown} of them follow]" if shown < images else " and follow]")
+        follow = "" if not shown else f"; {shown} of them follow" if shown < images else " and follow"
+        text += f"\n[{images} image(s) were shown to the user{follow}]"
     return ("Error: " + text) if result.is_error else text
 
 

@@ -17,7 +17,8 @@ share one. RLIMIT_NPROC is counted per uid, so a fork or thread bomb only exhaus
 session's budget; closing the session SIGKILLs everything that uid still runs. Each session
 created through `open_workspace` also gets its own disk: a sparse ext4 image next to the
 workspace (`<workspace>.img`), loop-mounted on it, so writes stop at `session_disk_bytes`
-(ENOSPC) and all sessions together use at most max_sessions x that. Without root neither
+(ENOSPC); live sessions together use at most max_sessions x that, and a closed session's image
+is kept (unmounted) until the session is deleted or expires. Without root neither
 is possible: sessions share one uid and only RLIMIT_FSIZE bounds single files; the runner
 logs a warning naming what is missing. Memory and CPU stay per-process rlimits (RLIMIT_AS,
 RLIMIT_CPU): this module does not use cgroups.

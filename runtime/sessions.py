@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -38,6 +39,7 @@ WORKSPACE_MODE = 0o700
 # Key directories (and the root) only need to be traversable, not listable: the sandbox's
 # unprivileged uid must reach its own workspace to bind it, but not see which others exist.
 PARENT_MODE = 0o711
+META_REFRESH_SECONDS = 60.0  # how stale a live session's record of its last use may get
 _KEY_DIR = re.compile(r"^[0-9a-f]{16}$")
 
 
@@ -59,6 +61,7 @@ class Session:
     _users: int = field(default=0, init=False, repr=False)  # requests between get() and release()
     _closed: bool = field(default=False, init=False, repr=False)
     running: asyncio.Task[Any] | None = field(default=None, init=False, repr=False)  # the tool call now running
+    _meta_written: float = field(default=-math.inf, init=False, repr=False)  # monotonic time of the last record
 
     def cancel_running(self) -> None:
         """Stop the tool call running in this session (the session is going away): its task
@@ -223,7 +226,10 @@ class SessionManager:
         """The request is done with `session`; a throwaway one is closed now."""
         session._users = max(0, session._users - 1)
         session.touch()
-        if not session.throwaway and not session.closed:
+        # The record's last use only feeds the TTL (days): refreshed at most once a minute here;
+        # closing the session (eviction, shutdown) always writes it.
+        stale = session.last_used - session._meta_written > META_REFRESH_SECONDS
+        if not session.throwaway and not session.closed and stale:
             await asyncio.to_thread(_write_meta, session)
         if session.throwaway and session._users == 0 and session in self._throwaways:
             self._throwaways.discard(session)
@@ -415,6 +421,7 @@ def _write_meta(session: Session) -> None:
     to_unix = time.time() - time.monotonic()
     meta = {"session_id": session.session_id, "created": session.created, "last_used": session.last_used + to_unix}
     path = _meta_path(session.workspace)
+    session._meta_written = session.last_used
     tmp = path.with_name(path.name + ".tmp")
     with contextlib.suppress(OSError):
         tmp.write_text(json.dumps(meta))

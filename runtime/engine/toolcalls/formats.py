@@ -1,8 +1,9 @@
 """Tool-call formats: how tools reach the prompt, which grammar constrains a call, how the
 output is parsed. One class per family; `registry.detect_format` picks one from the chat template.
 
-Native formats (Hermes/Qwen, Llama 3, Mistral in mistral.py) render tools through the template's own
-`tools` variable and parse what the family was trained to write. Templates without tool
+Native formats (Hermes/Qwen and Llama 3 here, the other families in modules of their own)
+render tools through the template's own `tools` variable and parse what the family was
+trained to write. Templates without tool
 support get the generic format: a system-prompt block describing the tools, and calls as
 one JSON envelope `{"tool_calls": [{"name": ..., "arguments": {...}}]}` that the grammar
 writes with fixed keys and spacing, so a tiny model only has to fill in the arguments.
