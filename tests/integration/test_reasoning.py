@@ -141,7 +141,8 @@ def test_structured_output_and_forced_calls_come_after_the_thinking_block(
     claude = anthropic.Anthropic(base_url=server.base_url, api_key=key, max_retries=0)
     schema = {
         "type": "object",
-        "properties": {"n": {"type": "integer"}},
+        # Bounded, so a random-ish sample cannot run past max_tokens inside the answer.
+        "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 999}},
         "required": ["n"],
         "additionalProperties": False,
     }
@@ -158,7 +159,11 @@ def test_structured_output_and_forced_calls_come_after_the_thinking_block(
     weather = {
         "name": "get_weather",
         "description": "Weather for a city.",
-        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "input_schema": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 24}},
+            "required": ["city"],
+        },
     }
     called = claude.messages.create(
         model="m",
