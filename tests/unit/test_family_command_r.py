@@ -156,11 +156,15 @@ def test_a_call_cut_short_comes_back_with_valid_json(text: str, want: dict[str, 
         "<|START_ACTION|>[\n    ",
         '<|START_ACTION|>[\n    {"tool_call_id": "0", "tool_na',
         '<|START_ACTION|>[\n    {"tool_call_id": "0", "tool_name": "special_func',
-        "<|START_ACT",
     ],
 )
 def test_markup_with_no_name_is_dropped_not_content(cut: str) -> None:
     assert command_r("<|START_THINKING|>plan<|END_THINKING|>" + cut) == ("", "plan", [])
+
+
+def test_a_tag_prefix_at_the_end_is_text_the_model_wrote() -> None:
+    # The tags are special tokens, sampled whole: a prefix of one is text, however long.
+    assert command_r("<|START_THINKING|>plan<|END_THINKING|>x <|START_ACT") == ("x <|START_ACT", "plan", [])
 
 
 def test_a_partial_tag_is_held_back_then_released() -> None:

@@ -196,11 +196,17 @@ def test_a_call_cut_short_comes_back_with_valid_json(text: str, want: dict[str, 
         "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_ti",
         "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_ti",
         "<｜tool▁calls▁begin｜><｜tool▁call▁be",
-        "<｜tool▁call",
     ],
 )
 def test_markup_with_no_name_is_dropped_not_content(cut: str) -> None:
     assert deepseek("Sure. " + cut) == ("Sure. ", "", [])
+
+
+@pytest.mark.parametrize("tail", ["<", "<｜", "<｜tool▁call"])
+def test_a_marker_prefix_at_the_end_is_text_the_model_wrote(tail: str) -> None:
+    # The markers are special tokens, sampled whole: a prefix of one that ends the output was
+    # written character by character, so it is content, however long.
+    assert deepseek("Sure. " + tail) == ("Sure. " + tail, "", [])
 
 
 def test_a_partial_marker_is_held_back_then_released() -> None:

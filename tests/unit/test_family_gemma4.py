@@ -132,9 +132,15 @@ def test_a_call_cut_short_is_closed_into_valid_json() -> None:
         assert outcome(events)[2] == [(cut.split(":")[1].split("{")[0], args)], cut
 
 
-@pytest.mark.parametrize("cut", ["<|tool_call>", "<|tool_call>call:", "<|tool_", "<|channel>tho"])
+@pytest.mark.parametrize("cut", ["<|tool_call>", "<|tool_call>call:", "<|channel>tho"])
 def test_markup_with_no_name_is_dropped(cut: str) -> None:
     assert outcome(run(["Hi " + cut], ["get_time"])) == ("Hi ", "", [])
+
+
+@pytest.mark.parametrize("tail", ["<", "<|tool_", "<|chan"])
+def test_a_marker_prefix_at_the_end_is_text_the_model_wrote(tail: str) -> None:
+    # The markers are special tokens, sampled whole: a prefix of one is text, however long.
+    assert outcome(run(["Hi " + tail], ["get_time"])) == ("Hi " + tail, "", [])
 
 
 def test_calls_without_tools_are_dropped() -> None:

@@ -60,9 +60,8 @@ class CommandRParser(SnapshotParser):
             found = [(at, tag) for tag in TAGS if (at := text.find(tag, pos)) >= 0]
             if not found:
                 tail = text[pos:]
-                keep = held_suffix_of(tail, TAGS)
-                if final and keep < 2:
-                    keep = 0  # a lone "<" ends the text; "<|START_ACT" cut short is markup, dropped
+                # At the end, a held prefix of a tag is text (the tags are special tokens).
+                keep = 0 if final else held_suffix_of(tail, TAGS)
                 tail = tail[: len(tail) - keep]
                 if block == "" and not tail.strip():
                     tail = ""  # layout (or not known yet to be more than layout)

@@ -53,9 +53,9 @@ class Gemma4Parser(SnapshotParser):
             hits = [(at, m) for m in MARKERS if (at := text.find(m, pos)) >= 0]
             if not hits:
                 rest = text[pos:]
-                held = held_suffix_of(rest, MARKERS)
-                if final and held < 2:
-                    held = 0  # a lone "<" at the end is text; a longer marker start is cut-off markup
+                # At the end, a held prefix of a marker is text (the markers are special tokens,
+                # sampled whole, never cut short).
+                held = 0 if final else held_suffix_of(rest, MARKERS)
                 items.append(Content(rest[: len(rest) - held]))
                 break
             at, marker = min(hits)

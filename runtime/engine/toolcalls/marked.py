@@ -75,9 +75,9 @@ class MarkedCallsParser(SnapshotParser):
         while True:
             found = [(at, m) for m in openers if (at := text.find(m, pos)) >= 0]
             if not found:
-                keep = held_suffix_of(text[pos:], openers)
-                if final and keep < 2:
-                    keep = 0  # a lone "<" ends the answer; a special token cut short is markup, dropped
+                # At the end, a held prefix of a marker is text the model wrote: the markers are
+                # special tokens, sampled whole, so they are never cut short.
+                keep = 0 if final else held_suffix_of(text[pos:], openers)
                 items.append(Content(text[pos : len(text) - keep]))
                 return items
             at, marker = min(found)
