@@ -85,10 +85,21 @@ def tool_result_body(result: ToolResult) -> dict[str, Any]:
     }
 
 
+class _ForcibleNames(set[str]):
+    """The names a `tool_choice` may force. An enabled name may be an MCP server's, which
+    enables all of its `SERVER__TOOL` tools (plugins/mcp): those are forcible too."""
+
+    def __contains__(self, name: object) -> bool:
+        if super().__contains__(name):
+            return True
+        server, sep, _ = str(name).partition("__")
+        return bool(sep) and super().__contains__(server)
+
+
 def forcible_tool_names(client_tools: list[ToolSpec], server: ServerTools) -> set[str]:
     """Names a `tool_choice` may force: the client's tools, plus the server tools the request
     enables (their exact set is checked again once the server knows what is installed)."""
-    names = {t.name for t in client_tools}
+    names = _ForcibleNames(t.name for t in client_tools)
     if server.enabled:
         names |= set(server.names or DEFAULT_SERVER_TOOLS)
         if "terminal" in names:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 import pluggy
@@ -25,9 +27,12 @@ from runtime.errors import InvalidRequest
 from runtime.search import SearchHit, SearchProvider
 from runtime.tools import Tool
 
+if TYPE_CHECKING:
+    from runtime.sandbox import SandboxRunner
+
 log = logging.getLogger(__name__)
 
-DEFAULT_PLUGINS: tuple[str, ...] = ("plugins.python_tool", "plugins.bash_tool", "plugins.web_search")
+DEFAULT_PLUGINS: tuple[str, ...] = ("plugins.python_tool", "plugins.bash_tool", "plugins.web_search", "plugins.mcp")
 ENTRY_POINT_GROUP = "toolstudio"
 DEFAULT_SEARCH_PROVIDER = "ddgs"
 # Accepted in `enabled_tools` for another tool; `terminal` is the reference server's name for bash.
@@ -65,6 +70,13 @@ class ToolRegistry:
         self.search_provider = search_provider
         # An alias whose target is not loaded (e.g. no bash plugin) is not offered.
         self.aliases = {alias: target for alias, target in aliases.items() if target in self._tools}
+        # Toolsets: a tool's optional `toolset` name enables it with its siblings in
+        # `enabled_tools` (an MCP server's name enables all its tools). A tool name or alias wins.
+        self.toolsets: dict[str, list[str]] = {}
+        for name in sorted(self._tools):
+            toolset = getattr(self._tools[name].tool, "toolset", None)
+            if isinstance(toolset, str) and toolset not in self._tools and toolset not in self.aliases:
+                self.toolsets.setdefault(toolset, []).append(name)
 
     def __contains__(self, name: object) -> bool:
         return name in self._tools or name in self.aliases
@@ -90,19 +102,32 @@ class ToolRegistry:
         return self._tools[self.aliases.get(name, name)].plugin
 
     def resolve(self, names: Iterable[str]) -> list[Tool]:
-        """The tools a request enabled, in order, each once (`bash` and `terminal` are one tool)."""
+        """The tools a request enabled, in order, each once (`bash` and `terminal` are one tool;
+        a toolset's name stands for all its tools)."""
         tools: list[Tool] = []
         for name in names:
             tool = self.get(name)
-            if tool is None:
+            members = [tool] if tool is not None else [self._tools[n].tool for n in self.toolsets.get(name, ())]
+            if not members:
                 raise InvalidRequest(
                     f"unknown tool {name!r} in enabled_tools; available: {self._describe_available()}",
                     param="enabled_tools",
                     code="unknown_tool",
                 )
-            if tool not in tools:
-                tools.append(tool)
+            tools.extend(member for member in members if member not in tools)
         return tools
+
+    async def aclose(self) -> None:
+        """Server shutdown: await `aclose()` of every tool that has one (e.g. an MCP server that
+        runs once for all sessions), each once; a failure is logged, never raised."""
+        for entry in self.entries():
+            close = getattr(entry.tool, "aclose", None)
+            if close is None:
+                continue
+            try:
+                await close()
+            except Exception:
+                log.exception("closing tool %s failed", entry.tool.name)
 
     def validate_arguments(self, tool: Tool, arguments: object) -> str | None:
         """An error message the model can act on, or None when `arguments` fit `tool.parameters`."""
@@ -119,6 +144,8 @@ class ToolRegistry:
         names = ", ".join(self.names()) or "(none)"
         if self.aliases:
             names += " (aliases: " + ", ".join(f"{a} -> {t}" for a, t in sorted(self.aliases.items())) + ")"
+        if self.toolsets:
+            names += " (toolsets: " + ", ".join(f"{s} = {len(t)} tools" for s, t in sorted(self.toolsets.items())) + ")"
         return names
 
 
@@ -171,15 +198,20 @@ def load_plugins(
     *,
     default_plugins: Iterable[str] = DEFAULT_PLUGINS,
     search_provider: str | None = DEFAULT_SEARCH_PROVIDER,
+    mcp_config: Path | None = None,
+    sandbox: SandboxRunner | None = None,
 ) -> ToolRegistry:
     """Load every plugin and return the tools they register.
 
     `search_provider` names the web search backend tools get; None means none (searches then
-    fail as tool errors). Raises `PluginError` for a broken plugin, an invalid tool, a name clash
-    or an unknown search provider.
+    fail as tool errors). `mcp_config` is the operator's `--mcp-config` file (docs/mcp.md); its
+    servers, and those plugins contribute, reach `register_tools` as `mcp_servers`. `sandbox` is
+    handed to `register_tools` as is. Raises `PluginError` for a broken plugin, an invalid tool,
+    a name clash, an unknown search provider or an unreadable MCP config.
     """
     pm = create_plugin_manager(extra_modules, load_entry_points=load_entry_points, default_plugins=default_plugins)
     provider = _choose_provider(_collect_providers(pm), search_provider)
+    mcp_servers = _collect_mcp_servers(pm, mcp_config)
     tools: dict[str, RegisteredTool] = {}
 
     def add_tool(plugin: str, tool: Tool) -> None:
@@ -194,7 +226,12 @@ def load_plugins(
         tools[tool.name] = RegisteredTool(tool=tool, plugin=plugin, validator=validator)
 
     def tool_hook_kwargs(plugin: str) -> dict[str, Any]:
-        return {"register": _bind(add_tool, plugin), "search_provider": provider}
+        return {
+            "register": _bind(add_tool, plugin),
+            "search_provider": provider,
+            "mcp_servers": mcp_servers,
+            "sandbox": sandbox,
+        }
 
     _call_each_plugin(pm, "register_tools", tool_hook_kwargs)
     registry = ToolRegistry(tools.values(), provider)
@@ -245,6 +282,54 @@ def _collect_providers(pm: pluggy.PluginManager) -> dict[str, tuple[str, SearchP
 
     _call_each_plugin(pm, "register_search_providers", lambda plugin: {"register": _bind(add_provider, plugin)})
     return providers
+
+
+def read_mcp_config(path: Path) -> dict[str, dict[str, Any]]:
+    """The `mcpServers` object of an MCP config file (`{"mcpServers": {name: {...}}}`, the shape
+    Claude Desktop, Cursor and llama-server read; VS Code's `{"servers": ...}` too), name ->
+    definition. Only the outer shape is checked here; plugins/mcp checks each definition.
+    Raises `PluginError` naming the file and what is wrong."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PluginError(f"--mcp-config {path}: cannot read it: {exc.strerror or exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise PluginError(f"--mcp-config {path}: not valid JSON: {exc}") from exc
+    servers = data.get("mcpServers", data.get("servers")) if isinstance(data, dict) else None
+    if not isinstance(servers, dict):
+        raise PluginError(f'--mcp-config {path}: expected {{"mcpServers": {{"NAME": {{...}}, ...}}}}')
+    for name, definition in servers.items():
+        if not isinstance(definition, dict):
+            raise PluginError(f"--mcp-config {path}: server {name!r} must be a JSON object")
+    return servers
+
+
+def _collect_mcp_servers(pm: pluggy.PluginManager, config: Path | None) -> dict[str, dict[str, Any]]:
+    """MCP server definitions from `register_mcp_servers` and then `config` (which wins)."""
+    servers: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def add_server(plugin: str, name: Any, definition: Any = None) -> None:
+        if not isinstance(name, str) or not isinstance(definition, Mapping):
+            raise PluginError(f"plugin {plugin!r}: register_mcp_servers needs register(name: str, definition: dict)")
+        if name in servers:
+            raise PluginError(f"MCP server {name!r} is contributed by both {servers[name][0]!r} and {plugin!r}")
+        servers[name] = (plugin, dict(definition))
+
+    def register_for(plugin: str) -> dict[str, Any]:
+        def register(name: Any, definition: Any = None) -> None:
+            add_server(plugin, name, definition)
+
+        return {"register": register}
+
+    _call_each_plugin(pm, "register_mcp_servers", register_for)
+    if config is not None:
+        for name, definition in read_mcp_config(config).items():
+            if name in servers:
+                log.info("MCP server %r from %s replaces the one plugin %r contributes", name, config, servers[name][0])
+            servers[name] = (f"--mcp-config {config}", definition)
+    if servers:
+        log.info("MCP servers: %s", ", ".join(f"{name} (from {source})" for name, (source, _) in servers.items()))
+    return {name: definition for name, (_, definition) in servers.items()}
 
 
 def _choose_provider(providers: Mapping[str, tuple[str, SearchProvider]], name: str | None) -> SearchProvider:

@@ -68,6 +68,11 @@ class ToolContext:
 
 @runtime_checkable
 class Tool(Protocol):
+    """A server-side tool. Two optional attributes are read with `getattr`, so a tool may lack
+    them: `toolset: str`, a name that enables the tool together with its siblings in
+    `enabled_tools` (an MCP server's name), and `async def aclose()`, awaited once at server
+    shutdown (for state shared by all sessions; per-session state uses `Session.add_cleanup`)."""
+
     name: str
     description: str
     parameters: dict[str, Any]  # JSON Schema for the arguments object

@@ -114,7 +114,7 @@ def test_default_plugins_load_as_ordinary_plugins() -> None:
     assert registry.plugin_of("python") == "plugins.python_tool"
     assert registry.plugin_of("web_search") == "plugins.web_search"
     assert registry.get("terminal") is registry.get("bash")
-    assert DEFAULT_PLUGINS == ("plugins.python_tool", "plugins.bash_tool", "plugins.web_search")
+    assert DEFAULT_PLUGINS == ("plugins.python_tool", "plugins.bash_tool", "plugins.web_search", "plugins.mcp")
 
 
 async def test_hook_register_tools(tmp_path: Path) -> None:
@@ -138,6 +138,32 @@ async def test_hook_register_search_providers(tmp_path: Path) -> None:
     output = await web_search.run({"query": "cats"}, context(tmp_path))
     assert not output.is_error
     assert "about cats" in output.text
+
+
+def test_hook_register_mcp_servers() -> None:
+    """Definitions reach `register_tools` as `mcp_servers` (the MCP plugin mounts them: see
+    tests/unit/test_mcp_plugin.py); one name from two plugins is refused, naming both."""
+    seen: dict[str, Any] = {}
+
+    class Ships:
+        def __init__(self, name: str) -> None:
+            self.__name__ = name
+
+        @hookimpl
+        def register_mcp_servers(self, register: Callable[[str, dict[str, Any]], None]) -> None:
+            register("demo", {"command": "demo-mcp-server", "args": ["--quiet"]})
+
+    class Sees:
+        __name__ = "sees"
+
+        @hookimpl
+        def register_tools(self, register: Callable[[Any], None], mcp_servers: dict[str, Any]) -> None:
+            seen.update(mcp_servers)
+
+    load(Ships("ships-mcp"), Sees())
+    assert seen == {"demo": {"command": "demo-mcp-server", "args": ["--quiet"]}}
+    with pytest.raises(PluginError, match=r"'demo' is contributed by both '(one|two)' and '(one|two)'"):
+        load(Ships("one"), Ships("two"))
 
 
 def test_tools_get_the_chosen_search_provider() -> None:
