@@ -42,6 +42,8 @@ def dialect_of(path: str) -> str:
         return "anthropic"
     if path.startswith("/v1/responses"):
         return "responses"
+    if path == "/mcp" or path.startswith("/mcp/"):
+        return "mcp"
     if path.startswith("/v1/"):
         return "other"
     return "none"
