@@ -7,21 +7,28 @@ from typing import Any
 from litestar import Request, Response, get
 from litestar.params import FromPath
 
+from runtime.engine.base import ModelInfo
 from runtime.errors import NotFound
 from runtime.http import runtime_of
 
 DEFAULT_MODEL_NAME = "default"
 
 
-def _model_object(name: str, created: int) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": "toolstudio"}
+def _model_object(name: str, created: int, info: ModelInfo | None = None) -> dict[str, Any]:
+    """OpenAI's model object; with the model loaded, also `context_length` (tokens one request
+    may use) and `vision` (it sees images), as llama-server and OpenRouter list them."""
+    body: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": "toolstudio"}
+    if info is not None:
+        body.update(context_length=info.context_length, vision=info.vision)
+    return body
 
 
 @get("/v1/models")
 async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
     runtime = runtime_of(request)
     created = runtime.engine.info.created if runtime.engine else 0
-    return {"object": "list", "data": [_model_object(name, created) for name in runtime.model_names]}
+    info = runtime.engine.info if runtime.engine else None
+    return {"object": "list", "data": [_model_object(name, created, info) for name in runtime.model_names]}
 
 
 @get("/v1/models/{model_id:path}")
@@ -33,7 +40,7 @@ async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) ->
     created = runtime.engine.info.created if runtime.engine else 0
     # `default` resolves to the loaded model and reports its real id.
     name = runtime.config.model_id if model_id == DEFAULT_MODEL_NAME else model_id
-    return _model_object(name, created)
+    return _model_object(name, created, runtime.engine.info if runtime.engine else None)
 
 
 @get("/metrics", media_type="text/plain; version=0.0.4")
