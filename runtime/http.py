@@ -15,6 +15,7 @@ from litestar.handlers.base import BaseRouteHandler
 from runtime import errors
 from runtime.keys import KeyRecord
 from runtime.service import Runtime
+from runtime.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,9 +41,14 @@ def presented_keys(connection: ASGIConnection[Any, Any, Any, Any]) -> list[str]:
     return keys
 
 
-def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Guard for every /v1 route. Either header may hold the key: the Anthropic SDK sends
-    `x-api-key` (often a dummy) and users add `Authorization: Bearer` next to it."""
+    `x-api-key` (often a dummy) and users add `Authorization: Bearer` next to it.
+
+    Every request reads the key database (in a worker thread: it may be a network round trip
+    to PostgreSQL). There is deliberately no cache of valid keys: a key revoked on any
+    front-end is refused by all of them from the next request on. A database that cannot
+    answer is a 503 (`StorageUnavailable`), never a 401."""
     candidates = presented_keys(connection)
     if not candidates:
         raise errors.AuthenticationFailed(
@@ -50,7 +56,7 @@ def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRoute
         )
     store = runtime_of(connection).keys
     for candidate in candidates:
-        if record := store.verify(candidate):
+        if record := await asyncio.to_thread(store.verify, candidate):
             connection.state.api_key = record
             return
     raise errors.AuthenticationFailed("invalid or revoked API key")
@@ -61,6 +67,9 @@ def api_key_of(request: Request[Any, Any, Any]) -> KeyRecord:
 
 
 def as_toolstudio_error(exc: Exception) -> errors.ToolstudioError:
+    if isinstance(exc, StorageUnavailable):
+        log.warning("%s", exc)  # the detail (which database, why) is for the operator, not the client
+        return exc
     if isinstance(exc, errors.ToolstudioError):
         return exc
     if isinstance(exc, HTTPException):

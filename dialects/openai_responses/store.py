@@ -1,39 +1,28 @@
-"""Stored responses (`store: true`) in SQLite under the data directory.
+"""Stored responses (`store: true`), in the storage backend the server runs with (runtime/storage:
+SQLite under the data directory, or the PostgreSQL database front-ends share).
 
 Each row keeps what the three read paths need: the response object (GET), the turn's input
 items (GET .../input_items), and the conversation as IR messages up to and including this
 response (`previous_response_id`). Rows belong to the API key that created them; another
 key sees a 404, exactly as if the id did not exist.
 
-SQLite calls run in a worker thread, each on its own short-lived connection: no handle to
-close at shutdown, and WAL lets readers proceed while a writer commits.
+Backend calls block; they run in a worker thread. Nothing is cached, so a response stored by
+one front-end can be read, continued or deleted through any other at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
-import sqlite3
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runtime.ir import ImagePart, Message, Part, ReasoningPart, TextPart, ToolCallPart, ToolResultPart
+from runtime.storage import RESPONSES_FILE, ResponseBackend, ResponseRow
+from runtime.storage.sqlite import SqliteResponses
 
-STORE_FILE = "responses.sqlite3"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS responses (
-    id TEXT PRIMARY KEY,
-    key_id INTEGER NOT NULL,
-    created_at INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    input_items TEXT NOT NULL,
-    conversation TEXT NOT NULL
-)
-"""
+STORE_FILE = RESPONSES_FILE  # the SQLite file under the data directory (the default backend)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,79 +82,34 @@ def messages_from_json(raw: list[dict[str, Any]]) -> list[Message]:
 
 
 class ResponseStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._ready = False
-        self._schema_lock = threading.Lock()
+    """Async save/get/delete of `StoredResponse`s over a `ResponseBackend`.
 
-    def _connect(self) -> sqlite3.Connection:
-        if not self._ready:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=10.0)
-        if not self._ready:
-            with self._schema_lock:
-                if not self._ready:
-                    conn.execute("PRAGMA journal_mode=WAL")
-                    conn.execute(_SCHEMA)
-                    conn.commit()
-                    self._ready = True
-        return conn
+    `ResponseStore(path)` uses the SQLite file `path`; `ResponseStore(backend)` any backend
+    (`runtime.storage.open_storage(...).responses`). Database failures raise
+    `runtime.storage.StorageUnavailable` (a 503)."""
 
-    # Blocking versions, run in a worker thread by the async API below.
+    def __init__(self, source: Path | ResponseBackend) -> None:
+        self.backend: ResponseBackend = SqliteResponses(source) if isinstance(source, Path) else source
 
-    def _save(self, record: StoredResponse) -> None:
-        conn = self._connect()
-        try:
-            with conn:
-                conn.execute(
-                    "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        record.id,
-                        record.key_id,
-                        record.created_at,
-                        json.dumps(record.body),
-                        json.dumps(record.input_items),
-                        json.dumps(messages_to_json(record.conversation)),
-                    ),
-                )
-        finally:
-            conn.close()
+    # The JSON work (base64 of images included) runs in the worker thread with the I/O.
+
+    def _put(self, record: StoredResponse) -> None:
+        conversation = messages_to_json(record.conversation)
+        row = ResponseRow(record.id, record.key_id, record.created_at, record.body, record.input_items, conversation)
+        self.backend.put(row)
 
     def _get(self, response_id: str, key_id: int) -> StoredResponse | None:
-        conn = self._connect()
-        try:
-            row = conn.execute(
-                "SELECT created_at, body, input_items, conversation FROM responses WHERE id = ? AND key_id = ?",
-                (response_id, key_id),
-            ).fetchone()
-        finally:
-            conn.close()
+        row = self.backend.get(response_id, key_id)
         if row is None:
             return None
-        created_at, body, input_items, conversation = row
-        return StoredResponse(
-            id=response_id,
-            key_id=key_id,
-            created_at=created_at,
-            body=json.loads(body),
-            input_items=json.loads(input_items),
-            conversation=messages_from_json(json.loads(conversation)),
-        )
-
-    def _delete(self, response_id: str, key_id: int) -> bool:
-        conn = self._connect()
-        try:
-            with conn:
-                cursor = conn.execute("DELETE FROM responses WHERE id = ? AND key_id = ?", (response_id, key_id))
-            return cursor.rowcount > 0
-        finally:
-            conn.close()
+        conversation = messages_from_json(row.conversation)
+        return StoredResponse(row.id, row.key_id, row.created_at, row.body, row.input_items, conversation)
 
     async def save(self, record: StoredResponse) -> None:
-        await asyncio.to_thread(self._save, record)
+        await asyncio.to_thread(self._put, record)
 
     async def get(self, response_id: str, key_id: int) -> StoredResponse | None:
         return await asyncio.to_thread(self._get, response_id, key_id)
 
     async def delete(self, response_id: str, key_id: int) -> bool:
-        return await asyncio.to_thread(self._delete, response_id, key_id)
+        return await asyncio.to_thread(self.backend.delete, response_id, key_id)
