@@ -56,12 +56,26 @@ class ModelLoadError(EngineFailure):
 
 
 class LlamaModel:
-    """An owned `llama_model*` plus its vocabulary. Thread-safe for read-only calls."""
+    """An owned `llama_model*` plus its vocabulary. Thread-safe for read-only calls.
 
-    def __init__(self, path: Path) -> None:
+    `n_gpu_layers`: layers whose weights go to the GPU when llama.cpp was built with one
+    (CUDA, Metal, Vulkan): -1 all, 0 none. A CPU-only build ignores it. llama.cpp's own fitting
+    to free GPU memory lives in its `common` library, which the bindings do not expose, so with
+    -1 a model larger than the GPU fails to load (ModelLoadError) and needs an explicit N.
+    """
+
+    def __init__(self, path: Path, *, n_gpu_layers: int = -1) -> None:
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
         params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
+        log.info(
+            "loading %s with n_gpu_layers=%d (%s)",
+            path.name,
+            n_gpu_layers,
+            "this llama.cpp build can offload to a GPU" if self.gpu_offload else "CPU-only llama.cpp build",
+        )
         last_decile = [-1]
 
         @llama_cpp.llama_progress_callback
@@ -76,7 +90,8 @@ class LlamaModel:
         self._progress = progress  # keep the callback alive while llama.cpp may call it
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:
-            raise ModelLoadError(f"llama.cpp could not load {path} (not a valid GGUF file?)")
+            hint = " or too big for the GPU: try a smaller --n-gpu-layers" if self.gpu_offload and n_gpu_layers else ""
+            raise ModelLoadError(f"llama.cpp could not load {path} (not a valid GGUF file?{hint})")
         self.path = path
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
