@@ -425,3 +425,52 @@ def test_unsatisfiable_or_unsupported_not_is_a_400(schema: dict[str, Any], needl
     with pytest.raises(UnsupportedFeature) as caught:
         schema_grammar(schema, strict=True)
     assert needle in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"oneOf": [{"type": "integer"}, {"type": "number"}]},  # 1 matches both
+        {"oneOf": [{"enum": [1, 2]}, {"enum": [2.0]}]},
+        {"oneOf": [{"type": "string"}, {"type": "string", "maxLength": 3}]},
+        {"oneOf": [{"type": "object", "properties": {"a": {"type": "string"}}}, {"type": "object"}]},
+    ],
+)
+def test_one_of_with_overlapping_branches_is_refused_not_weakened_to_any_of(schema: dict[str, Any]) -> None:
+    # The grammar accepts a value matching any branch; oneOf wants exactly one.
+    with pytest.raises(UnsupportedFeature) as caught:
+        schema_grammar(schema, strict=True)
+    assert "oneOf" in caught.value.message and "not supported" in caught.value.message
+
+
+PETS = {
+    "oneOf": [{"$ref": "#/$defs/Cat"}, {"$ref": "#/$defs/Dog"}],
+    "discriminator": {"propertyName": "kind"},
+    "$defs": {
+        "Cat": {
+            "type": "object",
+            "properties": {"kind": {"const": "cat"}, "lives": {"type": "integer"}},
+            "required": ["kind", "lives"],
+        },
+        "Dog": {"type": "object", "properties": {"kind": {"const": "dog"}}, "required": ["kind"]},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [('{"kind": "cat", "lives": 9}', True), ('{"kind": "dog"}', True), ('{"kind": "cow"}', False)],
+)
+def test_one_of_with_exclusive_branches_is_enforced(model: LlamaModel, text: str, valid: bool) -> None:
+    # A discriminated union as pydantic writes it, and branches of different types, are exact.
+    assert accepts(model, schema_grammar(PETS, strict=True), text) is valid
+    nullable = schema_grammar({"oneOf": [{"type": "string"}, {"type": "null"}]}, strict=True)
+    assert accepts(model, nullable, "null") and accepts(model, nullable, '"x"')
+
+
+@pytest.mark.parametrize("keyword", ["minProperties", "maxProperties"])
+def test_map_size_bounds_are_refused_not_ignored(keyword: str) -> None:
+    schema = {"type": "object", "additionalProperties": {"type": "integer"}, keyword: 2}
+    with pytest.raises(UnsupportedFeature) as caught:
+        schema_grammar(schema, strict=True)
+    assert keyword in caught.value.message

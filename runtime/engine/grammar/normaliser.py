@@ -133,6 +133,8 @@ class Normaliser:
             branches = s.pop(key)
             # A and (B1 or B2) == (A and B1) or (A and B2): siblings go into every branch.
             merged = [self._merge(s, self._deref(b, path), path) if s else b for b in branches]
+            if key == "oneOf":
+                self._check_exclusive(merged, path)
             return self._union(merged, path, key)
         if "enum" in s or "const" in s:
             return self._enum(s)
@@ -149,6 +151,26 @@ class Normaliser:
         if kind in ("number", "integer"):
             return self._number(s, path, kind)
         return {"type": kind}
+
+    def _check_exclusive(self, branches: list[Any], path: str) -> None:
+        """The grammar accepts a value that matches any branch; `oneOf` wants exactly one. That
+        is the same only when no value can match two branches: branches of different JSON types,
+        enums with no common value, or objects told apart by a required `const`/`enum`
+        property (a discriminated union, as pydantic writes it). Anything else is refused."""
+        views = []
+        for i, branch in enumerate(branches):
+            try:
+                views.append(self.node(self._deref(branch, path), f"{path}/oneOf/{i}"))
+            except _NoValue:
+                continue
+        for i, a in enumerate(views):
+            for b in views[i + 1 :]:
+                if not _exclusive(a, b):
+                    self.fail(
+                        path,
+                        "oneOf whose branches can match the same value is not supported (use anyOf, or "
+                        "branches of different types or with a distinct const property)",
+                    )
 
     def _union(self, branches: list[Any], path: str, key: str) -> dict[str, Any]:
         out = []
@@ -259,6 +281,9 @@ class Normaliser:
             None if extra is None else self.node(extra, f"{path}/additionalProperties") if extra is not False else False
         )
         if "properties" not in s and "required" not in s and extra is not False:
+            for k in ("minProperties", "maxProperties"):
+                if s.get(k):  # a map's size: the converter has no rule that counts its entries
+                    self.fail(path, f"keyword {k!r} on an object without listed properties is not supported")
             out: dict[str, Any] = {"type": "object"}
             if extra_schema not in (None, {}):
                 out["additionalProperties"] = extra_schema
@@ -369,3 +394,45 @@ class Normaliser:
         if high is not None:
             out["maximum"] = int(high)
         return out
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), "object")
+
+
+def _kinds(node: dict[str, Any]) -> set[str] | None:
+    """The JSON types a normalised node admits ("integer" counted as "number"); None: any."""
+    if "anyOf" in node:
+        kinds = [_kinds(b) for b in node["anyOf"]]
+        return None if any(k is None for k in kinds) else set().union(*kinds)  # type: ignore[arg-type]
+    if "enum" in node:
+        return {_json_type(v) for v in node["enum"]}
+    kind = node.get("type")
+    if not isinstance(kind, str):
+        return None  # {} or a $ref: could be anything
+    return {"number" if kind == "integer" else kind}
+
+
+def _enums_apart(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if "enum" not in a or "enum" not in b:
+        return False
+    return not any(_json_type(x) == _json_type(y) and x == y for x in a["enum"] for y in b["enum"])
+
+
+def _exclusive(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether no value can match both normalised nodes (sound, not complete)."""
+    ka, kb = _kinds(a), _kinds(b)
+    if ka is None or kb is None:
+        return False
+    if not ka & kb or _enums_apart(a, b):
+        return True
+    if a.get("type") == "object" and b.get("type") == "object":
+        shared = set(a.get("required", [])) & set(b.get("required", []))
+        return any(_enums_apart(a["properties"].get(p, {}), b["properties"].get(p, {})) for p in shared)
+    return False
