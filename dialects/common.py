@@ -107,10 +107,25 @@ def forcible_tool_names(client_tools: list[ToolSpec], server: ServerTools) -> se
     return names
 
 
+MAX_SESSION_ID = 256  # characters
+
+
+def check_session_id(session_id: str | None, *, param: str = "session_id") -> None:
+    """A session id must be reachable as one path segment of `/v1/sessions/{id}/...`: 1 to
+    256 characters, no `/` and no control characters. Raises `InvalidRequest` (400)."""
+    if session_id is None:
+        return
+    if not 0 < len(session_id) <= MAX_SESSION_ID:
+        raise InvalidRequest(f"session_id must be 1 to {MAX_SESSION_ID} characters", param=param)
+    if "/" in session_id or any(ord(c) < 32 or ord(c) == 127 for c in session_id):
+        raise InvalidRequest("session_id cannot contain '/' or control characters", param=param)
+
+
 def server_tools(
     enable: bool | None, names: list[str] | None, session_id: str | None, max_calls: int | None
 ) -> ServerTools:
-    """The toolstudio extension fields, identical in every dialect."""
+    """The toolstudio extension fields, identical in every dialect; a bad `session_id` is a 400."""
+    check_session_id(session_id)
     return ServerTools(
         enabled=enable,
         names=list(names or []),

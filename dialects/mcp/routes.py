@@ -27,6 +27,7 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
+from dialects.common import check_session_id
 from dialects.mcp.server import CALLER_SCOPE_KEY, Caller, build_server
 from runtime.errors import InvalidRequest, NotFound
 from runtime.keys import KeyRecord
@@ -75,12 +76,15 @@ def session_header(value: str | None) -> str | None:
         return None
     if not value.strip():
         raise InvalidRequest("the X-Session-Id header is empty: name a session or leave the header out")
+    check_session_id(value.strip(), param="X-Session-Id")
     return value.strip()
 
 
 def enabled_tools_header(value: str | None, tools: ToolRegistry) -> tuple[str, ...] | None:
-    """The canonical tool names `X-Enabled-Tools` lists (comma-separated), or None when absent.
-    Raises `InvalidRequest` (400) for an unknown name or an empty list."""
+    """The canonical tool names `X-Enabled-Tools` lists (comma-separated, names as in
+    `enabled_tools`: a tool, an alias, or an MCP server's name standing for all its
+    `SERVER__TOOL` tools), or None when absent. Raises `InvalidRequest` (400) for an unknown
+    name or an empty list."""
     if value is None:
         return None
     names = [name.strip() for name in value.split(",") if name.strip()]
@@ -88,12 +92,12 @@ def enabled_tools_header(value: str | None, tools: ToolRegistry) -> tuple[str, .
         raise InvalidRequest("the X-Enabled-Tools header names no tools; leave it out to offer all of them")
     canonical: list[str] = []
     for name in names:
-        tool = tools.get(name)
-        if tool is None:
-            available = ", ".join(tools.names()) or "(none)"
-            raise InvalidRequest(f"unknown tool {name!r} in X-Enabled-Tools; available: {available}")
-        if tool.name not in canonical:
-            canonical.append(tool.name)
+        try:
+            members = tools.resolve([name])  # as `enabled_tools`: an alias, or an MCP server's name for all its tools
+        except InvalidRequest:
+            available = ", ".join(tools.names() + sorted(tools.toolsets)) or "(none)"
+            raise InvalidRequest(f"unknown tool {name!r} in X-Enabled-Tools; available: {available}") from None
+        canonical += [tool.name for tool in members if tool.name not in canonical]
     return tuple(canonical)
 
 
