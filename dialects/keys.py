@@ -24,7 +24,7 @@ from litestar.params import FromPath
 from dialects.common import decode_body
 from runtime.errors import InvalidRequest, NotFound, PermissionDenied
 from runtime.http import api_key_of, runtime_of
-from runtime.keys import KeyRecord, KeyStoreError, StorageUnavailable
+from runtime.keys import KeyRecord, KeyStoreError, LastAdminKey, StorageUnavailable
 
 MAX_NAME_CHARS = 64
 
@@ -99,11 +99,12 @@ async def revoke_key(request: Request[Any, Any, Any], key_id: FromPath[str]) -> 
         raise NotFound(f"no key with id {key_id!r}")
     if record.revoked is not None:
         return record_body(record)  # revoking twice changes nothing
-    if record.admin and not any(r.admin and r.revoked is None and r.id != record.id for r in records):
-        # Nobody could manage keys from the page any more (the CLI still could).
-        raise InvalidRequest("this is the last active admin key: create another admin key first", param="id")
     try:
-        return record_body(await asyncio.to_thread(keys.revoke_id, record.id))
+        # The database checks and revokes in one transaction: two admins revoking each other at
+        # once (here or on another front-end) cannot both succeed.
+        return record_body(await asyncio.to_thread(keys.revoke_id, record.id, keep_an_admin=True))
+    except LastAdminKey as exc:  # nobody could manage keys from the page any more (the CLI still could)
+        raise InvalidRequest("this is the last active admin key: create another admin key first", param="id") from exc
     except StorageUnavailable:
         raise
     except KeyStoreError as exc:  # revoked meanwhile by another request or the CLI

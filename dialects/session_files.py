@@ -95,7 +95,8 @@ def open_in(workspace: Path, parts: list[str]) -> int:
             fd = inner
         file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=fd)
     except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EACCES):
+        # ENAMETOOLONG: a part longer than any name the workspace can hold names nothing in it.
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EACCES, errno.ENAMETOOLONG):
             raise NotFound(f"no file {shown!r} in this session's workspace") from exc
         raise
     finally:

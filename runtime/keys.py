@@ -16,10 +16,10 @@ import threading
 import time
 from pathlib import Path
 
-from runtime.storage import KeyBackend, KeyRecord, KeyStoreError, StorageUnavailable
+from runtime.storage import KeyBackend, KeyRecord, KeyStoreError, LastAdminKey, StorageUnavailable
 from runtime.storage.sqlite import SqliteKeys
 
-__all__ = ["KeyRecord", "KeyStore", "KeyStoreError", "StorageUnavailable", "digest", "new_key"]
+__all__ = ["KeyRecord", "KeyStore", "KeyStoreError", "LastAdminKey", "StorageUnavailable", "digest", "new_key"]
 
 KEY_PREFIX = "sk-unsloth-"
 DISPLAY_CHARS = len(KEY_PREFIX) + 8  # what `keys list` shows: enough to tell keys apart
@@ -56,6 +56,10 @@ class KeyStore:
         """A new key: its record and the secret (shown once, never stored)."""
         if name is not None and not name.strip():
             raise KeyStoreError("a key name cannot be empty")
+        if name is not None and name.strip().startswith(KEY_PREFIX):
+            # `keys revoke NAME_OR_PREFIX` tries names first: such a name would shadow the prefix
+            # of another key, and revoking "that key" would revoke this one.
+            raise KeyStoreError(f"a key name cannot start with {KEY_PREFIX!r} (it would read as a key's prefix)")
         key = new_key()
         record = self.backend.insert(name, key[:DISPLAY_CHARS], digest(key), time.time(), admin)
         return record, key
@@ -79,10 +83,11 @@ class KeyStore:
             raise KeyStoreError(f"{name_or_prefix!r} matches several keys ({names}): use the name")
         return self.revoke_id(matches[0].id)
 
-    def revoke_id(self, key_id: int) -> KeyRecord:
+    def revoke_id(self, key_id: int, *, keep_an_admin: bool = False) -> KeyRecord:
         """Revoke the active key `key_id`; its record, with `revoked` set. The next request
-        with it is refused, on every front-end (`verify` reads the database every time)."""
-        changed = self.backend.revoke(key_id, time.time())
+        with it is refused, on every front-end (`verify` reads the database every time).
+        `keep_an_admin`: raise `LastAdminKey` rather than revoke the last active admin key."""
+        changed = self.backend.revoke(key_id, time.time(), keep_an_admin=keep_an_admin)
         record = next((r for r in self.list() if r.id == key_id), None)
         if not changed or record is None:
             raise KeyStoreError(f"no active key with id {key_id}")

@@ -13,10 +13,12 @@ Markdown, can never load anything from elsewhere.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
 from litestar import Response, get
+from litestar.file_system import BaseLocalFileSystem
 from litestar.response import File
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
@@ -57,7 +59,22 @@ async def index() -> File:
     return File(STATIC_DIR / "index.html", media_type="text/html", content_disposition_type="inline")
 
 
+class _StaticFiles(BaseLocalFileSystem):
+    """The local file system, where a name longer than it allows (ENAMETOOLONG) is a missing
+    file, so a 404: Litestar answers 500 to any error but FileNotFoundError."""
+
+    async def info(self, path: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().info(path, **kwargs)
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise FileNotFoundError(errno.ENOENT, "no such file", str(path)) from exc
+            raise
+
+
 def route_handlers() -> list[Any]:
     """`GET /` and the static router for `/ui/*`; neither is behind the API-key guard."""
-    static = create_static_files_router(path="/ui", directories=[STATIC_DIR], name="webui", after_request=_secure)
+    static = create_static_files_router(
+        path="/ui", directories=[STATIC_DIR], name="webui", after_request=_secure, file_system=_StaticFiles()
+    )
     return [Router(path="/", route_handlers=[index], after_request=_secure), static]

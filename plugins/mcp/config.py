@@ -89,7 +89,7 @@ def parse_server(name: str, raw: Mapping[str, Any], environ: Mapping[str, str] |
         raise McpConfigError(
             f"{where}: the name must be 1-32 letters, digits, '-' or '_' (no '__'): it prefixes its tools as NAME__TOOL"
         )
-    if raw.get("disabled") is True:
+    if _bool(raw, "disabled", where):
         log.info("%s is disabled in its definition: left out", where)
         return None
     kind = str(raw.get("type") or raw.get("transport") or ("http" if "url" in raw else "stdio")).lower()

@@ -198,6 +198,7 @@ class McpServer:
             runner = self.runner_for()
             place = (runner, await asyncio.to_thread(scratch_workspace, runner, self.name))
         connection = self._connection(repr(self.name), place)
+        timed_out = False
         try:
             async with asyncio.timeout(self.spec.startup_timeout):
                 await connection.ensure_started(self.spec.startup_timeout)
@@ -211,12 +212,15 @@ class McpServer:
                     if not cursor:
                         break
         except TimeoutError:
+            timed_out = True
             raise McpStartError(
                 f"it did not start and list its tools within {self.spec.startup_timeout:g} s"
                 + (f"; its stderr: {connection.instance.stderr.text(400)}" if connection.instance.stderr.text() else "")
             ) from None
         finally:
-            await connection.stop()
+            # One that did not answer in time is killed: asked to stop, it would not be heard
+            # (it is stuck before reading `stop`) and would cost 5 s more of the server's start.
+            await connection.stop(kill=timed_out)
             if place is not None:
                 await asyncio.to_thread(remove_workspace, *place)
         return tools, time.monotonic() - started

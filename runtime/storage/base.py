@@ -20,6 +20,10 @@ class KeyStoreError(Exception):
     """A key operation failed; the message is one line, fit for the CLI and for API errors."""
 
 
+class LastAdminKey(KeyStoreError):
+    """A revocation that would leave no active admin key was refused (`keep_an_admin`)."""
+
+
 class StorageUnavailable(KeyStoreError, errors.ToolstudioError):
     """The database cannot answer (unreachable, locked, read-only, broken): not the caller's
     fault, so HTTP answers 503 (`server_error` / `api_error`, code `storage_unavailable`).
@@ -64,6 +68,15 @@ class ResponseRow:
     conversation: list[dict[str, Any]]
 
 
+# Whether key `id` is an active admin key that no other active key shares the role with; `{p}`
+# is the driver's placeholder, bound to the id twice. Backends run it inside the revoking
+# transaction, with other writers locked out.
+LAST_ADMIN_SQL = (
+    "SELECT 1 FROM api_keys WHERE id = {p} AND admin AND revoked IS NULL AND NOT EXISTS "
+    "(SELECT 1 FROM api_keys WHERE admin AND revoked IS NULL AND id <> {p})"
+)
+
+
 class KeyBackend(Protocol):
     """API keys, stored as digests. Blocking and thread-safe; every call reads the database."""
 
@@ -81,8 +94,11 @@ class KeyBackend(Protocol):
 
     def has_active(self) -> bool: ...
 
-    def revoke(self, key_id: int, at: float) -> bool:
-        """Mark key `key_id` revoked at `at`; False when no active key has that id."""
+    def revoke(self, key_id: int, at: float, *, keep_an_admin: bool = False) -> bool:
+        """Mark key `key_id` revoked at `at`; False when no active key has that id.
+        `keep_an_admin`: raise `LastAdminKey` instead when it is the last active admin key,
+        checked and written in one transaction (two admins revoking each other at once must
+        not both succeed, on one front-end or several)."""
         ...
 
     def lookup(self, digest: str) -> tuple[KeyRecord, str] | None:

@@ -16,7 +16,14 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from runtime.storage.base import KeyRecord, KeyStoreError, ResponseRow, StorageUnavailable
+from runtime.storage.base import (
+    LAST_ADMIN_SQL,
+    KeyRecord,
+    KeyStoreError,
+    LastAdminKey,
+    ResponseRow,
+    StorageUnavailable,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -190,8 +197,14 @@ class PostgresKeys:
         with _connection(self.pool, "key", self.location) as conn:
             return conn.execute("SELECT 1 FROM api_keys WHERE revoked IS NULL LIMIT 1").fetchone() is not None
 
-    def revoke(self, key_id: int, at: float) -> bool:
-        with _connection(self.pool, "key", self.location) as conn:
+    def revoke(self, key_id: int, at: float, *, keep_an_admin: bool = False) -> bool:
+        with _connection(self.pool, "key", self.location) as conn, conn.transaction():
+            if keep_an_admin:
+                # The lock `insert` takes: revocations that keep an admin run one at a time on
+                # every front-end, so two admins revoking each other cannot both see the other.
+                conn.execute("LOCK TABLE api_keys IN SHARE ROW EXCLUSIVE MODE")
+                if conn.execute(LAST_ADMIN_SQL.format(p="%s"), (key_id, key_id)).fetchone():
+                    raise LastAdminKey(f"key {key_id} is the last active admin key")
             cursor = conn.execute("UPDATE api_keys SET revoked = %s WHERE id = %s AND revoked IS NULL", (at, key_id))
         return cursor.rowcount > 0
 

@@ -16,7 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from runtime.storage.base import KeyRecord, KeyStoreError, ResponseRow, StorageUnavailable
+from runtime.storage.base import (
+    LAST_ADMIN_SQL,
+    KeyRecord,
+    KeyStoreError,
+    LastAdminKey,
+    ResponseRow,
+    StorageUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +153,22 @@ class SqliteKeys:
         with self._lock, _database("key", self.path):
             return self._db.execute("SELECT 1 FROM api_keys WHERE revoked IS NULL LIMIT 1").fetchone() is not None
 
-    def revoke(self, key_id: int, at: float) -> bool:
+    def revoke(self, key_id: int, at: float, *, keep_an_admin: bool = False) -> bool:
         with self._lock, _database("key", self.path):
-            changed = self._db.execute(
-                "UPDATE api_keys SET revoked = ? WHERE id = ? AND revoked IS NULL", (at, key_id)
-            ).rowcount
+            # IMMEDIATE: the write lock before the check, so another process cannot revoke the
+            # other admin key between the check and the update.
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if keep_an_admin and self._db.execute(LAST_ADMIN_SQL.format(p="?"), (key_id, key_id)).fetchone():
+                    raise LastAdminKey(f"key {key_id} is the last active admin key")
+                changed = self._db.execute(
+                    "UPDATE api_keys SET revoked = ? WHERE id = ? AND revoked IS NULL", (at, key_id)
+                ).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
         return bool(changed)
 
     def lookup(self, digest: str) -> tuple[KeyRecord, str] | None:

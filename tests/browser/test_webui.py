@@ -68,6 +68,14 @@ def set_option(web: Page, selector: str, value: str) -> None:
     web.page.dispatch_event(selector, "change")
 
 
+def test_a_missing_asset_is_a_404_whatever_its_name(real_server: CliServer) -> None:
+    # A name longer than the filesystem allows (ENAMETOOLONG) was a 500 from Litestar's router.
+    for name in ("missing.js", "x" * 300, "js/" + "é" * 200 + ".js"):
+        response = httpx.get(f"{real_server.base_url}/ui/{name}", timeout=30)
+        assert response.status_code == 404, (name[:20], response.status_code, response.text[:200])
+    assert httpx.get(f"{real_server.base_url}/ui/app.css", timeout=30).status_code == 200
+
+
 # -- signing in ---------------------------------------------------------------------------------
 
 

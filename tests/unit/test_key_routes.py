@@ -4,8 +4,10 @@ database from before admin keys."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,6 +110,7 @@ def test_without_a_valid_key_the_key_routes_are_401(server: FakeServer) -> None:
         {"name": "   "},
         {"name": "x" * 65},
         {"name": "line\nbreak"},
+        {"name": "sk-unsloth-0123abcd"},  # would shadow that key's prefix in `keys revoke`
         {"name": 5},
         {"admin": "yes"},
         {"unknown": 1},
@@ -144,6 +147,29 @@ def test_the_last_admin_key_cannot_be_revoked(server: FakeServer, admin: str) ->
     assert call(server, admin, "DELETE", f"/v1/keys/{me.id}").status_code == 200
     assert call(server, admin, "GET", "/v1/me").status_code == 401
     assert call(server, second["key"], "GET", "/v1/keys").status_code == 200
+
+
+def test_two_admins_revoking_each_other_at_once_leave_one(server: FakeServer, admin: str) -> None:
+    # Checked, then revoked, in two steps, both DELETEs once saw the other admin still active
+    # and both succeeded: no admin key left. Several rounds, since it is a race.
+    survivor = admin
+    for round_ in range(6):
+        new = call(server, survivor, "POST", "/v1/keys", {"name": f"deputy-{round_}", "admin": True}).json()
+        ids = {r.name: r.id for r in server.keys.list() if r.admin and r.revoked is None}
+        assert len(ids) == 2, ids
+        old_id = next(i for name, i in ids.items() if name != new["name"])
+        start = threading.Barrier(2)
+
+        def revoke(key: str, key_id: int, start: threading.Barrier = start) -> int:
+            start.wait()
+            return call(server, key, "DELETE", f"/v1/keys/{key_id}").status_code
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            statuses = sorted(pool.map(revoke, (survivor, new["key"]), (new["id"], old_id)))
+        active = [r for r in server.keys.list() if r.admin and r.revoked is None]
+        assert len(active) == 1, (statuses, active)
+        assert statuses[0] == 200 and statuses[1] in (400, 401), statuses  # 401: its key went first
+        survivor = survivor if active[0].id == old_id else new["key"]
 
 
 # -- the key store and the CLI -----------------------------------------------------------------

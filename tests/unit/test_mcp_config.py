@@ -78,6 +78,8 @@ def test_a_disabled_server_is_left_out() -> None:
         ("args", {"command": "x", "args": "--flag"}, "'args'"),
         ("env", {"command": "x", "env": {"A": 1}}, "'env'"),
         ("shared", {"command": "x", "shared": "yes"}, "'shared'"),
+        # A string "true" once meant enabled: the operator thought it off, and it ran.
+        ("disabled", {"command": "x", "disabled": "true"}, "'disabled'"),
         ("timeout", {"command": "x", "timeout": 0}, "'timeout'"),
         ("timeout2", {"command": "x", "timeout": True}, "'timeout'"),
         ("url", {"url": "ftp://h/mcp"}, "http"),

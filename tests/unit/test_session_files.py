@@ -95,6 +95,10 @@ def test_a_download_is_the_file_as_an_attachment(server: FakeServer) -> None:
         "out",  # a directory
         "out/missing.txt",
         "out/report.txt/x",
+        # a name longer than the filesystem allows (ENAMETOOLONG, once a 500), as the file or a
+        # directory on the way (200 two-byte characters)
+        pytest.param("x" * 300, id="file-name-too-long"),
+        pytest.param("out/" + "é" * 200 + "/report.txt", id="directory-name-too-long"),
     ],
 )
 def test_anything_but_a_regular_file_inside_is_404(server: FakeServer, path: str) -> None:

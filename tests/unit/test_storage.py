@@ -13,6 +13,7 @@ import contextlib
 import json
 import re
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pytest
 from dialects.openai_responses.store import ResponseStore, StoredResponse
 from runtime.ir import ImagePart, Message, ReasoningPart, TextPart, ToolCallPart, ToolResultPart
 from runtime.keys import KeyStore
-from runtime.storage import KeyStoreError, ResponseRow, Storage, StorageUnavailable, open_storage
+from runtime.storage import KeyStoreError, LastAdminKey, ResponseRow, Storage, StorageUnavailable, open_storage
 from tests.postgres import PostgresCluster, postgres_cluster  # noqa: F401 (a fixture)
 
 Opener = Callable[[], Storage]
@@ -147,6 +148,35 @@ def test_a_revoke_on_one_front_end_is_refused_by_the_other_at_once(open_shared: 
     assert back.revoke_id(record.id).revoked is not None
     assert front.verify(key) is None  # no cache on the front: refused at the very next check
     assert [r.revoked is not None for r in front.list()] == [True]
+
+
+def test_admins_revoking_each_other_on_two_front_ends_leave_one(open_shared: Opener) -> None:
+    front, back = KeyStore(open_shared().keys), KeyStore(open_shared().keys)
+    for _ in range(5):  # a race: several rounds
+        a, _ = front.create(admin=True)
+        b, _ = back.create(admin=True)
+        others = [r.id for r in front.list() if r.admin and r.revoked is None and r.id not in (a.id, b.id)]
+        for key_id in others:  # from the earlier rounds
+            front.revoke_id(key_id)
+        start = threading.Barrier(2)
+
+        def revoke(store: KeyStore, key_id: int, start: threading.Barrier = start) -> str:
+            start.wait()
+            try:
+                return "revoked" if store.revoke_id(key_id, keep_an_admin=True).revoked else "?"
+            except LastAdminKey:
+                return "refused"
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            outcomes = sorted(pool.map(revoke, (front, back), (b.id, a.id)))
+        assert outcomes == ["refused", "revoked"]
+        assert len([r for r in back.list() if r.admin and r.revoked is None]) == 1
+    last = next(r for r in front.list() if r.admin and r.revoked is None)
+    with pytest.raises(LastAdminKey):
+        front.revoke_id(last.id, keep_an_admin=True)
+    user, _ = front.create()
+    assert back.revoke_id(user.id, keep_an_admin=True).revoked is not None  # not an admin: no check
+    assert front.revoke_id(last.id).revoked is not None  # the CLI's way: no check (it can make another)
 
 
 def test_front_ends_creating_keys_at_once_get_distinct_names(open_shared: Opener) -> None:
