@@ -174,3 +174,6 @@ def configure_logging(level: str, fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every request at INFO (the upstream engine's, web search's, MCP's HTTP
+    # servers'): one line per generated request would drown ours; its warnings still show.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
