@@ -1,7 +1,9 @@
 """Tool sessions over HTTP (OpenAI-style bodies and errors):
 
 GET /v1/sessions, DELETE /v1/sessions/{id}, and POST /v1/sessions/{id}/tools/{name}, which
-runs one tool directly with JSON arguments (for UIs, notebooks and plugin authors' tests).
+runs one tool directly with JSON arguments (for UIs, notebooks and plugin authors' tests);
+GET /v1/tools lists the server-side tools a request may enable. A session's files:
+dialects/session_files.py.
 """
 
 from __future__ import annotations
@@ -15,7 +17,48 @@ from litestar.params import FromPath
 from dialects.common import new_id, utf8_error
 from runtime.agent import execute_tool, to_result
 from runtime.errors import InvalidRequest, NotFound
+from runtime.events import ToolResult
 from runtime.http import api_key_of, runtime_of, unless_disconnected
+from runtime.keys import KeyRecord
+from runtime.service import Runtime
+from runtime.tools import DEFAULT_SERVER_TOOLS, Tool
+
+
+async def run_in_session(
+    runtime: Runtime, key: KeyRecord, session_id: str | None, tool: Tool, arguments: str
+) -> ToolResult:
+    """Run one tool call outside the agent loop, in `key`'s session `session_id` (created if
+    new; None: a throwaway one), and count it in the metrics. `arguments` is the call's JSON
+    text; bad JSON or arguments that break the tool's schema come back as an `is_error` result,
+    as every tool failure does. Raises `Overloaded` when every tool session is in use.
+
+    The one path for direct calls: this route and the `/mcp` endpoint (dialects/mcp) both use it.
+    """
+    async with runtime.open_session(key, session_id) as session:
+        output = await execute_tool(tool, arguments, runtime.tools, session, runtime.config.tools.tool_timeout)
+    result = to_result(new_id("call_"), tool.name, arguments, output)
+    runtime.metrics.record_tool(result)
+    return result
+
+
+@get("/v1/tools")
+async def list_tools(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """`{"object": "list", "data": [{"name", "object": "tool", "description", "parameters" (JSON
+    Schema), "plugin", "default"}], "aliases": {alias: name}}`; `default`: enabled by
+    `enable_tools: true` without `enabled_tools`."""
+    registry = runtime_of(request).tools
+    data = [
+        {
+            "name": entry.tool.name,
+            "object": "tool",
+            "description": entry.tool.description,
+            "parameters": entry.tool.parameters,
+            "plugin": entry.plugin,
+            "default": entry.tool.name in DEFAULT_SERVER_TOOLS,
+        }
+        for entry in registry.entries()
+    ]
+    return {"object": "list", "data": data, "aliases": dict(registry.aliases)}
 
 
 @get("/v1/sessions")
@@ -65,10 +108,7 @@ async def run_session_tool(
         raise InvalidRequest(problem, param=name)
 
     async def run() -> dict[str, Any]:
-        async with runtime.open_session(api_key_of(request), session_id) as session:
-            output = await execute_tool(tool, arguments, runtime.tools, session, runtime.config.tools.tool_timeout)
-        result = to_result(new_id("call_"), tool.name, arguments, output)
-        runtime.metrics.record_tool(result)
+        result = await run_in_session(runtime, api_key_of(request), session_id, tool, arguments)
         return {
             "object": "tool_result",
             "session_id": session_id,

@@ -81,14 +81,16 @@ class _UsageSum:
     prompt: int = 0
     completion: int = 0
     cached: int = 0
+    written: int = 0
 
     def add(self, usage: Usage) -> None:
         self.prompt += usage.prompt_tokens
         self.completion += usage.completion_tokens
         self.cached += usage.cached_tokens
+        self.written += usage.cache_write_tokens
 
     def event(self) -> Usage:
-        return Usage(self.prompt, self.completion, self.cached)
+        return Usage(self.prompt, self.completion, self.cached, self.written)
 
 
 def with_server_tools(request: ChatRequest, tools: list[Tool]) -> ChatRequest:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import logging
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -15,11 +16,19 @@ from types import FrameType
 import uvicorn
 
 from runtime import toolenv
-from runtime.config import EngineConfig, SamplingDefaults, ServerConfig, ToolsConfig, default_data_dir
+from runtime.config import (
+    EngineConfig,
+    SamplingDefaults,
+    ServerConfig,
+    ToolsConfig,
+    UpstreamConfig,
+    default_data_dir,
+)
 from runtime.keys import KeyStore, KeyStoreError
 from runtime.model_source import ModelSourceError, check_gguf, model_id_for, resolve_model, resolve_projector
 from runtime.observability import configure_logging
 from runtime.plugins import PluginError
+from runtime.storage import KEYS_FILE, open_storage
 
 log = logging.getLogger("toolstudio")
 
@@ -49,6 +58,14 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     run.add_argument("--alias", action="append", default=[], help="another name for the model (repeatable)")
     run.add_argument("-c", "--ctx-size", type=positive, default=4096, help="context window per request (tokens)")
     run.add_argument("--threads", type=positive, default=None, help="CPU threads for decoding (default: all cores)")
+    run.add_argument(
+        "-ngl",
+        "--n-gpu-layers",
+        type=at_least(-1),
+        default=-1,
+        metavar="N",
+        help="model layers to put on the GPU (default -1: all; 0: none); ignored by a CPU-only llama.cpp build",
+    )
     run.add_argument("--parallel", "-np", type=positive, default=4, help="requests decoded together (slots)")
     run.add_argument("--max-queue", type=at_least(0), default=64, help="requests allowed to wait for a slot")
     run.add_argument("--max-n", type=positive, default=8, help="most choices one request may ask for (OpenAI's n)")
@@ -116,11 +133,77 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="MIB",
         help="disk quota of each session's workspace, MiB (0: none); enforced as root with a loop-mounted image",
     )
+    tools.add_argument(
+        "--kernel-pool",
+        type=at_least(0),
+        default=1,
+        metavar="N",
+        help="python kernels started ahead for new sessions (never shared: each is handed to one session "
+        "with its sandbox); 0: a session's first python call starts its kernel (about 0.5 s)",
+    )
     _tool_env_option(tools)
+    _upstream_options(run)
+    tools.add_argument(
+        "--mcp-config",
+        type=Path,
+        metavar="FILE",
+        help='MCP servers whose tools become server tools SERVER__TOOL: {"mcpServers": {...}} (docs/mcp.md)',
+    )
     run.add_argument("-p", "--port", type=int, default=8888)
     run.add_argument("-H", "--host", default="127.0.0.1")
     run.add_argument("--cors-origin", action="append", default=[], help="allow browser calls from this origin")
+    _database_option(run)
     _common(run)
+
+
+def _database_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("TOOLSTUDIO_DATABASE_URL") or None,
+        metavar="URL",
+        help="keys and stored responses in this PostgreSQL database, shared by every front-end given the same "
+        "URL: postgresql://user:password@host:port/dbname (env TOOLSTUDIO_DATABASE_URL; default: SQLite "
+        "files under the data dir; docs/scale-out.md)",
+    )
+
+
+def _upstream_options(run: argparse.ArgumentParser) -> None:
+    upstream = run.add_argument_group("scale out: an OpenAI-compatible cluster decodes (docs/scale-out.md)")
+    upstream.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a Chat Completions server (vLLM, SGLang, llama-server, toolstudio) to decode on instead of "
+        "a local model; repeat for several (balanced, session_id affinity)",
+    )
+    upstream.add_argument(
+        "--upstream-key", metavar="KEY", help="API key for the upstream (env TOOLSTUDIO_UPSTREAM_KEY)"
+    )
+    upstream.add_argument("--upstream-model", metavar="NAME", help="the upstream's model (default: the one it lists)")
+    upstream.add_argument(
+        "--upstream-vision", action="store_true", help="forward images to the upstream even if it does not say it sees"
+    )
+    upstream.add_argument(
+        "--upstream-timeout", type=float, default=300.0, metavar="SECONDS", help="seconds without a byte before a 504"
+    )
+
+
+def _upstream_config(args: argparse.Namespace) -> UpstreamConfig | None:
+    """The `--upstream*` flags as config; ValueError for a bad URL or a conflicting flag."""
+    if not args.upstream:
+        return None
+    from runtime.engine.upstream.probe import base_url
+
+    if args.model:
+        raise ValueError("--model and --upstream exclude each other: with --upstream no model is loaded here")
+    return UpstreamConfig(
+        urls=tuple(base_url(u) for u in args.upstream),
+        api_key=args.upstream_key or os.environ.get("TOOLSTUDIO_UPSTREAM_KEY") or None,
+        model=args.upstream_model,
+        vision=True if args.upstream_vision else None,
+        read_timeout=args.upstream_timeout,
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -170,11 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key and print it (only the key)")
     create.add_argument("--name", default=None)
-    _common(create)
-    _common(keys_sub.add_parser("list", help="list keys (never the secret)"))
+    create.add_argument("--admin", action="store_true", help="the key may manage keys (web page: Settings → API)")
+    listing = keys_sub.add_parser("list", help="list keys (never the secret)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by name or prefix")
     revoke.add_argument("name_or_prefix")
-    _common(revoke)
+    for key_parser in (create, listing, revoke):
+        _database_option(key_parser)
+        _common(key_parser)
     _tools_parser(sub)
     return parser
 
@@ -185,26 +270,31 @@ def fail(message: str) -> int:
 
 
 def _keys(args: argparse.Namespace, data_dir: Path) -> int:
-    path = data_dir / "keys.sqlite3"
-    if args.keys_command != "create" and not path.is_file():
+    path = data_dir / KEYS_FILE
+    if not args.database_url and args.keys_command != "create" and not path.is_file():
         # Never create an empty database for a mistyped --data-dir.
         return fail(f"no keys database at {path} (wrong --data-dir or TOOLSTUDIO_HOME?); create a key first")
-    store = KeyStore(path)
+    storage = open_storage(args.database_url, data_dir)
+    store = KeyStore(storage.keys)
     try:
         if args.keys_command == "create":
-            _, key = store.create(args.name)
+            _, key = store.create(args.name, admin=args.admin)
             print(key)
         elif args.keys_command == "list":
-            print(f"{'NAME':<20} {'PREFIX':<22} {'CREATED':<20} {'LAST USED':<20} STATUS")
+            print(f"{'NAME':<20} {'PREFIX':<22} {'CREATED':<20} {'LAST USED':<20} {'ROLE':<6} STATUS")
             stamp = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M") if t else "-"  # noqa: E731
             for r in store.list():
                 status = "revoked" if r.revoked else "active"
-                print(f"{r.name:<20} {r.prefix + '…':<22} {stamp(r.created):<20} {stamp(r.last_used):<20} {status}")
+                role = "admin" if r.admin else "user"
+                print(
+                    f"{r.name:<20} {r.prefix + '…':<22} {stamp(r.created):<20} {stamp(r.last_used):<20} {role:<6} {status}"
+                )
         else:
             record = store.revoke(args.name_or_prefix)
             print(f"revoked {record.name} ({record.prefix}…)")
     finally:
         store.close()
+        storage.close()
     return 0
 
 
@@ -257,8 +347,14 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
 
     if not _port_free(args.host, args.port):
         return fail(f"port {args.port} on {args.host} is already in use; pick another with -p/--port")
-    model_path = resolve_model(args.model)
-    check_gguf(model_path)
+    try:
+        upstream = _upstream_config(args)
+    except ValueError as exc:
+        return fail(str(exc))
+    # With --upstream nothing is loaded here: the model path is a placeholder no one opens.
+    model_path = resolve_model(args.model) if upstream is None else Path(os.devnull)
+    if upstream is None:
+        check_gguf(model_path)
     if args.chat_template_file and not args.chat_template_file.is_file():
         return fail(f"chat template file not found: {args.chat_template_file}")
     if args.tool_format:
@@ -271,8 +367,10 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
     tool_env = (args.tool_env or toolenv.default_tool_env(data_dir)).absolute()
     if args.tool_env is not None and (why := toolenv.problem(tool_env)):
         return fail(f"--tool-env: {why}")
+    if args.mcp_config is not None and not args.mcp_config.is_file():
+        return fail(f"--mcp-config: no such file: {args.mcp_config}")
     mmproj = args.mmproj
-    if mmproj is None and not args.no_mmproj:
+    if mmproj is None and not args.no_mmproj and upstream is None:
         mmproj = resolve_projector(args.model)
         if mmproj is not None:
             log.info("using the projector %s published with %s (--no-mmproj to skip it)", mmproj.name, args.model)
@@ -293,10 +391,11 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         chat_template_file=args.chat_template_file,
         tool_format=args.tool_format,
         mmproj_path=mmproj,
+        n_gpu_layers=args.n_gpu_layers,
     )
     config = ServerConfig(
         engine=engine,
-        model_id=model_id_for(args.model, model_path),
+        model_id=_model_id(args, model_path, upstream),
         aliases=tuple(args.alias),
         host=args.host,
         port=args.port,
@@ -313,8 +412,12 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
             search_provider=args.search_provider,
             unsafe_no_sandbox=args.unsafe_no_sandbox,
             session_disk_mib=args.session_disk,
+            kernel_pool=args.kernel_pool,
             tool_env=tool_env,
+            mcp_config=args.mcp_config.absolute() if args.mcp_config is not None else None,
         ),
+        upstream=upstream,
+        database_url=args.database_url,
         sampling=SamplingDefaults(
             temperature=args.temperature,
             top_p=args.top_p,
@@ -323,12 +426,17 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
             repeat_penalty=args.repeat_penalty,
         ),
     )
-    keys = KeyStore(config.keys_db)
+    storage = open_storage(config.database_url, data_dir)
+    if storage.shared:
+        log.info("keys and stored responses: %s (shared with every front-end given this URL)", storage.location)
+    keys = KeyStore(storage.keys)
     if not keys.has_active_keys():
-        _, key = keys.create("default")
+        _, key = keys.create("default", admin=True)  # someone must be able to manage keys on the web page
         # Printed once, to the terminal, on purpose: it is never logged.
         print(f"\nCreated an API key (shown only now):\n\n    {key}\n\nexport UNSLOTH_STUDIO_AUTH_TOKEN={key}\n")
-    app = create_app(config, keys=keys)
+        host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address in a URL
+        print(f"It is an admin key. Web page: http://{host}:{args.port}/ (paste the key to sign in)\n")
+    app = create_app(config, keys=keys, storage=storage)
     runtime = app.state.runtime
     # A backstop for connections that outlive the drain (e.g. a tool still running).
     uv_config = uvicorn.Config(
@@ -338,11 +446,19 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
     runtime.on_load_failure = lambda: setattr(server, "should_exit", True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: reachable from the network; every /v1 route still needs an API key", args.host)
-    log.info("serving %s on http://%s:%d/v1", config.model_id, args.host, args.port)
+    log.info("serving %s on http://%s:%d/v1 (web page: http://%s:%d/)", config.model_id, *[args.host, args.port] * 2)
     server.run()
     if runtime.load_error:
         return fail(runtime.load_error)
     return 0
+
+
+def _model_id(args: argparse.Namespace, model_path: Path, upstream: UpstreamConfig | None) -> str:
+    if upstream is None:
+        return model_id_for(args.model, model_path)
+    from runtime.engine.upstream.probe import discover_model
+
+    return upstream.model or discover_model(list(upstream.urls), upstream.api_key) or "upstream"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,11 +43,26 @@ class EngineConfig:
     chat_template_file: Path | None = None  # overrides the template in the GGUF
     tool_format: str | None = None  # a family from toolcalls.registry; None: detect from the template
     mmproj_path: Path | None = None  # a multimodal projector: the model then sees images
+    # Layers whose weights go to the GPU in a CUDA/Metal/Vulkan build of llama.cpp: -1 all of them,
+    # 0 none. A CPU-only build ignores it. -1 fails to load when the model does not fit: then name N.
+    n_gpu_layers: int = -1
 
     @property
     def thread_count(self) -> int:
         """Decoding threads: `threads`, or all cores."""
         return self.threads or os.cpu_count() or 1
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """`--upstream`: an OpenAI-compatible Chat Completions cluster decodes instead of a local GGUF."""
+
+    urls: tuple[str, ...]  # base URLs, without /v1 (several: balanced, see runtime/engine/upstream)
+    api_key: str | None = None  # `--upstream-key`, sent as `Authorization: Bearer`
+    model: str | None = None  # `--upstream-model`; None: each backend's first listed model
+    vision: bool | None = None  # `--upstream-vision`: forward images; None: what the upstream reports
+    connect_timeout: float = 5.0  # seconds to connect (a backend that cannot is taken out)
+    read_timeout: float = 300.0  # `--upstream-timeout`: seconds without a byte before a 504
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +78,11 @@ class ToolsConfig:
     unsafe_no_sandbox: bool = False
     search_provider: str = "ddgs"
     session_disk_mib: int = 1024  # `--session-disk`: each workspace's disk quota (0: none)
+    # `--kernel-pool` (the CLI's default is 1): python kernels started ahead, each in a sandbox
+    # made for the next new session, so its first call is warm. 0 here: embedders opt in.
+    kernel_pool: int = 0
     tool_env: Path | None = None  # `--tool-env`: the python tool's virtualenv (None: toolenv.default_tool_env())
+    mcp_config: Path | None = None  # `--mcp-config`: MCP servers whose tools become server tools (docs/mcp.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +98,10 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are named
     images: ImagePolicy = field(default_factory=lambda: ImagePolicy())
     tools: ToolsConfig = field(default_factory=lambda: ToolsConfig())
+    upstream: UpstreamConfig | None = None  # set: no GGUF is loaded, the upstream engine runs
+    # `--database-url`: keys and stored Responses in this PostgreSQL database, shared by every
+    # front-end given the same URL; None: SQLite files under `data_dir` (runtime/storage)
+    database_url: str | None = None
 
     @property
     def keys_db(self) -> Path:

@@ -99,17 +99,26 @@ class ToolResult:
 class PromptUsage:
     """The prompt is in the KV cache: its size and how much of it was reused from cache.
     The engine emits it once per generation, before any output (Anthropic's `message_start`
-    reports it; the totals come later in `Usage`)."""
+    reports it; the totals come later in `Usage`).
+
+    `cache_write_tokens`: of the tokens up to the client's cache breakpoint
+    (`ChatRequest.cache_point`), those this generation computed anew rather than read from
+    cache, i.e. wrote to it; 0 without a breakpoint. `prompt_tokens` includes both counts."""
 
     prompt_tokens: int
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Token counts of a whole request (summed over an agent loop's generations); the cache
+    counts as in `PromptUsage`, and part of `prompt_tokens`."""
+
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

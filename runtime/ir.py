@@ -116,6 +116,19 @@ class ServerTools:
     max_calls: int | None = None  # server tool calls per request (OpenAI's `max_tool_calls`), not rounds
 
 
+@dataclass(frozen=True, slots=True)
+class CachePoint:
+    """Where the prompt prefix a client asked to have cached ends (Anthropic's last
+    `cache_control` breakpoint), in this request's own terms: the first `tools` tool specs
+    (None: all), then the first `messages` messages, the last of them cut to its first
+    `parts` parts (None: whole). The engine renders that prefix to find its length in
+    tokens, and reports how many of them it newly wrote to the cache (`cache_write_tokens`)."""
+
+    tools: int | None = None
+    messages: int = 0
+    parts: int | None = None
+
+
 @dataclass(slots=True)
 class ChatRequest:
     model: str
@@ -142,3 +155,6 @@ class ChatRequest:
     # Choices to generate for this one prompt (OpenAI's `n`): the prompt is prefilled once;
     # with n > 1 the engine's events come wrapped in `ChoiceEvent`.
     n: int = 1
+    # The end of the prefix the client asked to cache (None: no breakpoint). Every prefix
+    # is cached anyway; this only decides what usage reports as written to the cache.
+    cache_point: CachePoint | None = None

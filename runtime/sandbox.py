@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runtime.childproc import WatchedChild
 from runtime.toolenv import default_tool_env
 from runtime.toolenv import problem as tool_env_problem
 
@@ -144,6 +145,7 @@ class SessionBox:
     lease_fd: int | None = None  # holds the flock on the uid's lease file
     image: Path | None = None  # the disk image, once mounted on `workspace`
     disk_bytes: int | None = None
+    door: Path | None = None  # a bind of `workspace` its uid can reach (see SandboxRunner._door)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -219,6 +221,12 @@ def _traversable_by(path: Path, uid: int, gid: int) -> bool:
     return True
 
 
+def reachable_by(path: Path, uid: int, gid: int) -> bool:
+    """Whether `uid`/`gid` can traverse every directory down to `path`: bwrap (run as that uid)
+    can bind it only then; otherwise the caller needs a mount hop, as `argv` does for workspaces."""
+    return _traversable_by(path, uid, gid)
+
+
 class OutputBuffer:
     """Keeps the first and last `cap // 2` bytes of a stream; the middle is counted, not kept."""
 
@@ -247,12 +255,6 @@ class OutputBuffer:
         return head + tail
 
 
-async def _pump(stream: asyncio.StreamReader | None, sink: OutputBuffer) -> None:
-    # Keep draining after the cap: a child blocked on a full pipe would never exit.
-    while stream is not None and (chunk := await stream.read(65536)):
-        sink.write(chunk)
-
-
 class SandboxRunner:
     """Builds sandbox command lines and runs commands in them. One instance serves all sessions."""
 
@@ -276,6 +278,8 @@ class SandboxRunner:
             log.warning(msg, os.getuid())
         else:
             self._warn_about_isolation()
+        if self.per_session_uids:
+            _sweep_doors(self.config.state_dir)
         _enable_subreaper()
 
     @property
@@ -389,8 +393,42 @@ class SandboxRunner:
                 try:
                     box.image = _mount_disk(workspace, quota, box.uid, box.gid)
                     box.disk_bytes = quota
+                    _close_door(box)  # it showed the directory under the disk
                 except (OSError, subprocess.SubprocessError) as exc:
                     log.warning("session disk for %s not created (%s): its total size is not bounded", workspace, exc)
+
+    def adopt_workspace(self, spare: Path, workspace: Path) -> None:
+        """Make the box of `spare` (a workspace made by `open_workspace`, perhaps with sandboxes
+        already running in it) the box of `workspace`: its uid lease, its disk and its files
+        move over, and sandboxes bound to `spare` now write to `workspace`. `workspace` must be
+        an empty directory (it is replaced), on the same filesystem as `spare`. A mounted disk
+        moves as a bind mount of it, a plain directory by rename; both keep the bind sources of
+        running sandboxes valid. Blocking, but only a few system calls (it runs on the event
+        loop when a session is created). Raises OSError; then `spare` keeps its box."""
+        with self._boxes_lock:
+            box = self._boxes.get(spare)
+            if box is None or workspace in self._boxes:
+                raise FileExistsError(f"{spare} has no box, or {workspace} has one already")
+        with box.lock:
+            if box.image is not None:
+                image = workspace.with_name(workspace.name + ".img")
+                _bind_mount(spare, workspace)
+                try:
+                    os.rename(box.image, image)  # the loop device holds the file open, not its name
+                except OSError:
+                    _detach(workspace)
+                    raise
+                box.image = image
+                _detach(spare)  # the disk stays mounted at `workspace` (and in running sandboxes)
+                with contextlib.suppress(OSError):
+                    spare.rmdir()
+            else:
+                workspace.rmdir()
+                os.rename(spare, workspace)
+            box.workspace = workspace
+        with self._boxes_lock:
+            del self._boxes[spare]
+            self._boxes[workspace] = box
 
     def check_disk_budget(self, root: Path, max_sessions: int) -> None:
         """Warn when `max_sessions` full session disks would not fit on the disk holding `root`
@@ -421,6 +459,7 @@ class SandboxRunner:
             box = self._boxes.pop(workspace, None)
         if box is not None:
             with box.lock:
+                _close_door(box)
                 if box.own_uid:
                     _kill_uid(box.uid)
                 if box.image is not None:
@@ -565,12 +604,15 @@ class SandboxRunner:
         ro_binds: Sequence[tuple[Path, str]] = (),
         env: Mapping[str, str] | None = None,
         limits: Limits | None = None,
+        share_net: bool = False,
     ) -> list[str]:
         """The full command line that runs `inner_argv` sandboxed, cwd /workspace.
 
         `extra_binds` are (host path, inside path) pairs mounted writable, `ro_binds` read-only;
-        `env` is the complete environment besides PATH/HOME/LANG. In unsafe mode the command runs
-        directly (cwd must then be set by the caller to `workspace`).
+        `env` is the complete environment besides PATH/HOME/LANG. `share_net` keeps the host's
+        network (an MCP server the operator marked `"network": true`); everything else stays
+        unshared. In unsafe mode the command runs directly (cwd must then be set by the caller
+        to `workspace`).
         """
         prlimit = ["prlimit", *(limits or self.config.limits).prlimit_args(), "--"]
         if not self.sandboxed:
@@ -581,17 +623,22 @@ class SandboxRunner:
         source = workspace
         if self._root and not _traversable_by(workspace, *owner):
             # bwrap (0.8) resolves bind sources as the unprivileged uid, and the default data dir
-            # is under /root: bind the workspace at a traversable path in a private mount namespace.
-            if not self._hop_ok:
+            # is under /root: bind the workspace at a traversable path, once per session (a
+            # door), else for each call in a private mount namespace (a hop: three more execs).
+            door = self._door(self.box_for(workspace))
+            if door is not None:
+                source = door
+            elif not self._hop_ok:
                 raise SandboxUnavailable(
                     f"The sandbox user (uid {owner[0]}) cannot reach the workspace {workspace}, and "
                     "`unshare --mount` is not permitted here: put the data directory on a path every "
                     "user can traverse (e.g. TOOLSTUDIO_HOME=/var/lib/toolstudio)."
                 )
-            source = self.config.state_dir / "workspace"
-            source.mkdir(parents=True, exist_ok=True, mode=0o755)
-            script = 'mount --bind -- "$1" "$2" && shift 2 && exec "$@"'
-            hop = ["unshare", "--mount", "--", "/bin/sh", "-c", script, "sh", str(workspace), str(source)]
+            else:
+                source = self.config.state_dir / "workspace"
+                source.mkdir(parents=True, exist_ok=True, mode=0o755)
+                script = 'mount --bind -- "$1" "$2" && shift 2 && exec "$@"'
+                hop = ["unshare", "--mount", "--", "/bin/sh", "-c", script, "sh", str(workspace), str(source)]
         box = [self.config.bwrap, "--ro-bind", "/usr", "/usr"]
         for name in ("bin", "lib", "lib64", "sbin"):
             box += ["--symlink", f"usr/{name}", f"/{name}"]
@@ -610,12 +657,39 @@ class SandboxRunner:
         # --disable-userns: no nested user namespaces inside, so the kernel's user-namespace
         # attack surface stays closed to sandboxed code (`unshare -r` fails).
         box += ["--unshare-all", "--unshare-user", "--disable-userns"]
+        if share_net:
+            box += ["--share-net"]
         box += ["--hostname", "sandbox", "--die-with-parent", "--new-session"]
         box += ["--cap-drop", "ALL", "--clearenv"]
         base_env = {"PATH": self._path("/usr/local/bin:/usr/bin:/bin"), "HOME": INSIDE_WORKSPACE, "LANG": "C.UTF-8"}
         for key, value in {**base_env, **(env or {})}.items():
             box += ["--setenv", key, value]
         return [*hop, *self._privilege_drop(owner), *prlimit, *box, "--", *inner_argv]
+
+    def _door(self, box: SessionBox) -> Path | None:
+        """A path the box's uid can reach that shows its workspace: a bind mount of it at
+        `<state dir>/doors/<uid>` (as root), made on first use and removed with the box, so that
+        no call needs the mount hop. Only for a uid leased to this box alone (the lease makes a
+        door left by a crashed server ours to replace). None where it cannot be made."""
+        if not box.own_uid:
+            return None
+        with box.lock:
+            if box.door is None:
+                doors = self.config.state_dir / "doors"
+                door = doors / str(box.uid)
+                try:
+                    doors.mkdir(parents=True, exist_ok=True)
+                    os.chmod(doors, 0o711)  # traversable, not listable
+                    if not _traversable_by(doors, box.uid, box.gid):
+                        return None
+                    _detach_all(door)  # a crashed server's (the uid's lease is ours now)
+                    door.mkdir(mode=0o700, exist_ok=True)
+                    _bind_mount(box.workspace, door)
+                except OSError as exc:
+                    log.debug("no door for %s (%s): the mount hop is used", box.workspace, exc)
+                    return None
+                box.door = door
+            return box.door
 
     def unsafe_env(self, workspace: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
         """Environment for unsafe-mode children: minimal, like inside the sandbox."""
@@ -630,44 +704,46 @@ class SandboxRunner:
         timeout: float | None = None,
         stdin: str | bytes | None = None,
     ) -> RunResult:
-        """Run `bash -c command` sandboxed in `workspace`; never raises for the command's own failure."""
-        reap_orphans()
+        """Run `bash -c command` sandboxed in `workspace`; never raises for the command's own failure.
+
+        The child is watched on the event loop itself (runtime/childproc.py: a pidfd and the
+        pipes, no thread, no task), and orphans are reaped off the call's path: a short
+        command costs little more than the sandbox's own start-up (bench/bench_tools.py)."""
         timeout = min(timeout or self.config.default_timeout, self.config.max_timeout)
         self.prepare_workspace(workspace)
         argv = self.argv(["bash", "-c", command], workspace)
         started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             cwd=str(workspace),
             env=self.unsafe_env(workspace) if not self.sandboxed else {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-            start_new_session=True,  # its own process group, killed as a whole at the timeout
+            # Its own process group, killed as a whole at the timeout. Not a new session: setsid
+            # made each call about 5 ms slower here (bench/bench_tools.py), and the command
+            # inside gets a session of its own from bwrap's --new-session anyway.
+            process_group=0,
         )
+        loop = asyncio.get_running_loop()
+        loop.call_soon(reap_orphans)  # earlier sandboxes' inits, while this one starts
         out, err = OutputBuffer(self.config.output_cap_bytes), OutputBuffer(self.config.output_cap_bytes)
-        pumps = [asyncio.ensure_future(_pump(proc.stdout, out)), asyncio.ensure_future(_pump(proc.stderr, err))]
-        if stdin is not None:
-            pumps.append(asyncio.ensure_future(_feed(proc, stdin)))
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        child = WatchedChild(loop, proc, out, err, data)
         timed_out = False
         try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except TimeoutError:
-            timed_out = True
-            _kill_group(proc.pid)
-            await proc.wait()
+            if not await child.wait_exit(timeout):
+                timed_out = True
+                _kill_group(proc.pid)
+                await child.wait_exit(10.0)
+            # Pipes close when the sandbox's pid namespace dies; bound the wait anyway.
+            await child.wait_output(2.0)
         finally:
             if proc.returncode is None:  # cancelled: never leave a sandbox behind
                 _kill_group(proc.pid)
-                for task in pumps:
-                    task.cancel()
-        # Pipes close when the sandbox's pid namespace dies; bound the wait anyway.
-        _, pending = await asyncio.wait(pumps, timeout=2.0)
-        for task in pending:
-            task.cancel()
+            child.close()
         duration = time.monotonic() - started
-        reap_orphans()
-        asyncio.get_running_loop().call_later(1.0, reap_orphans)  # the inner init exits a moment later
+        loop.call_later(1.0, reap_orphans)  # this sandbox's init exits a moment later
         truncated = bool(out.dropped or err.dropped)
         stderr = err.text()
         reason = self.explain(stderr, workspace, exit_code=proc.returncode)  # `cmd; echo` exits 0 too
@@ -685,15 +761,6 @@ def _probe(argv: list[str]) -> str:
     except (OSError, subprocess.SubprocessError) as exc:
         return f"{argv[0]} failed: {exc}"
     return "" if done.returncode == 0 else f"{argv[0]} failed: {done.stderr.strip()}"
-
-
-async def _feed(proc: asyncio.subprocess.Process, data: str | bytes) -> None:
-    if proc.stdin is None:
-        return
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        proc.stdin.write(data.encode() if isinstance(data, str) else data)
-        await proc.stdin.drain()
-        proc.stdin.close()
 
 
 def _kill_group(pgid: int) -> None:
@@ -812,6 +879,61 @@ def _mount_disk(workspace: Path, size: int, uid: int, gid: int) -> Path:
         (workspace / "lost+found").rmdir()  # mkfs's; e2fsck makes it again if ever needed
     workspace.chmod(0o700)
     return image
+
+
+def _sweep_doors(state_dir: Path) -> None:
+    """Remove the doors of crashed servers: those whose uid no process holds a lease on."""
+    for door in (state_dir / "doors").glob("[0-9]*"):
+        fd = _lease(state_dir / "uids" / door.name)
+        if fd == -1:
+            continue  # leased now (a live server): its door
+        try:
+            _detach_all(door)
+            with contextlib.suppress(OSError):
+                door.rmdir()
+        finally:
+            os.close(fd)
+
+
+def _detach_all(path: Path) -> None:
+    """Detach every mount stacked on `path` (none: nothing happens). os.path.ismount cannot
+    tell a bind mount from the same filesystem, so this just tries until the kernel refuses."""
+    for _ in range(16):
+        try:
+            _detach(path)
+        except OSError:
+            return
+
+
+def _close_door(box: SessionBox) -> None:
+    """Remove the box's door (`SandboxRunner._door`), if it has one; the caller holds box.lock."""
+    if box.door is not None:
+        with contextlib.suppress(OSError):
+            _detach(box.door)
+            box.door.rmdir()
+        box.door = None
+
+
+_MS_BIND = 4096
+_MNT_DETACH = 2
+
+
+def _libc_call(name: str, *args: object) -> None:
+    """Call a libc mount function; OSError with its errno on failure."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(libc, name)(*args) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}: {os.strerror(err)}")
+
+
+def _bind_mount(source: Path, target: Path) -> None:
+    """`mount --bind source target` without a child process (mount(2)); keeps nosuid/nodev."""
+    _libc_call("mount", os.fsencode(source), os.fsencode(target), None, ctypes.c_ulong(_MS_BIND), None)
+
+
+def _detach(path: Path) -> None:
+    """`umount --lazy path` without a child process (umount2(2) with MNT_DETACH)."""
+    _libc_call("umount2", os.fsencode(path), _MNT_DETACH)
 
 
 def _own_tree(root: Path, uid: int, gid: int) -> None:

@@ -81,6 +81,7 @@ class Runtime:
         if self._loading is not None:
             await self._loading
         await self.sessions.close()
+        await self.tools.aclose()  # tools shared by all sessions (an MCP server with "shared": true)
         if self.engine is not None:
             await self.engine.close()
         self.keys.close()

@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from runtime.errors import Overloaded
 
@@ -96,6 +96,27 @@ class Session:
                 log.exception("cleanup of session %s failed", self.session_id)
 
 
+class SessionSpares(Protocol):
+    """Ready-made workspaces for new sessions (e.g. the python tool's kernel pool: a sandbox
+    with its own uid, disk and a started kernel, made before the session exists).
+
+    `adopt` is called, on the event loop, for each new session whose workspace is fresh (not
+    restored); it must be quick. It either moves a spare into `session.workspace` (an empty
+    directory it may replace), sets the session up (state, cleanups) and returns True, or
+    returns False: the manager's `on_create` then prepares the workspace as usual. A spare is
+    handed to one session only.
+    """
+
+    def start(self) -> None:
+        """Begin making spares in the background (needs a running loop)."""
+
+    def adopt(self, session: Session) -> bool:
+        """Hand one spare over to `session`; False if none is ready."""
+
+    async def close(self) -> None:
+        """Server shutdown: stop making spares and remove those not handed over."""
+
+
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
     session_id: str
@@ -146,6 +167,8 @@ class SessionManager:
         # workspace directory that the old one's clean-up is about to remove.
         self._closing: dict[tuple[str, str], asyncio.Event] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        # Set before `start()`: new sessions take a ready-made workspace from it when it has one.
+        self.spares: SessionSpares | None = None
 
     async def __aenter__(self) -> SessionManager:
         self.start()
@@ -161,6 +184,8 @@ class SessionManager:
             return
         self._recover()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="session-sweeper")
+        if self.spares is not None:
+            self.spares.start()
 
     async def close(self) -> None:
         """Stop the sweep and close every session, in use or not (server shutdown). Named
@@ -178,6 +203,8 @@ class SessionManager:
         await asyncio.gather(
             *(self._dispose(s, keep_files=True) for s in named), *(self._dispose(s) for s in throwaways)
         )
+        if self.spares is not None:
+            await self.spares.close()
 
     @property
     def live_count(self) -> int:
@@ -305,11 +332,12 @@ class SessionManager:
             os.chmod(parent, PARENT_MODE)  # mkdir's mode is filtered by the umask
         workspace.mkdir(exist_ok=True)
         os.chmod(workspace, WORKSPACE_MODE)
-        if self.on_create is not None:
-            self.on_create(workspace)
         session = Session(
             key_id=key_id, session_id=session_id, workspace=workspace, throwaway=throwaway, restored=restored
         )
+        adopted = not restored and self.spares is not None and self.spares.adopt(session)
+        if not adopted and self.on_create is not None:
+            self.on_create(workspace)
         if restored:
             session.created = _read_meta(workspace).get("created", session.created)
             log.info("session %s restored: its files were kept, its process state was not", session_id)

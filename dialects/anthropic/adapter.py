@@ -7,8 +7,10 @@ turns, tool results answering a `tool_use` of the previous turn, block types by 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
+from dialects.anthropic.caching import breakpoints, cut_at
 from dialects.anthropic.content import assistant_parts, system_text, user_messages
 from dialects.anthropic.protocol import (
     ContentBlock,
@@ -23,8 +25,9 @@ from dialects.anthropic.protocol import (
 )
 from dialects.anthropic.tools import tool_specs
 from dialects.common import forcible_tool_names, server_tools
-from runtime.errors import InvalidRequest, UnsupportedFeature
+from runtime.errors import InvalidRequest, ToolstudioError, UnsupportedFeature
 from runtime.ir import (
+    CachePoint,
     ChatRequest,
     Message,
     OutputFormat,
@@ -34,6 +37,8 @@ from runtime.ir import (
     ToolChoice,
     ToolSpec,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -77,8 +82,12 @@ def _prefill(turn: Turn) -> str:
     return text
 
 
-def _messages(wire: MessageInputs) -> tuple[list[Message], str]:
-    """The conversation as IR messages, and the prefill (a final assistant turn's text)."""
+def _messages(wire: MessageInputs, *, cut: bool = False) -> tuple[list[Message], str]:
+    """The conversation as IR messages, and the prefill (a final assistant turn's text).
+
+    `cut`: `wire` is a request cut short at a cache breakpoint (`caching.cut_at`), already
+    checked whole: it may hold no conversation yet, and a final assistant turn is an ended
+    turn like the others, not a prefill."""
     messages: list[Message] = []
     prefill = ""
     if wire.system:
@@ -88,13 +97,13 @@ def _messages(wire: MessageInputs) -> tuple[list[Message], str]:
         messages.append(Message("system", [TextPart(system_text(system))]))
     turns = _turns(wire)
     conversation = [t for t in turns if t.role != "system"]
-    if not conversation:
+    if not conversation and not cut:
         raise InvalidRequest("messages: at least one user message is required", param="messages")
-    if conversation[0].role != "user":
+    if conversation and conversation[0].role != "user":
         raise InvalidRequest(
             'messages: first message must use the "user" role', param=f"messages[{conversation[0].index}].role"
         )
-    if turns[-1].role == "assistant":
+    if turns and turns[-1].role == "assistant" and not cut:
         # Rendered after the generation prompt, not as a finished turn: the reply continues it.
         prefill = "" if _is_empty(turns[-1]) else _prefill(turns[-1])
         turns.pop()
@@ -180,6 +189,33 @@ def _sampling(wire: MessageInputs) -> Sampling:
     )
 
 
+def cache_ttl(wire: MessageInputs) -> str:
+    """The ttl of the last breakpoint ("5m" without one): the bucket usage reports writes in."""
+    marks = breakpoints(wire)
+    return marks[-1].ttl if marks else "5m"
+
+
+def _cache_point(wire: MessageInputs) -> CachePoint | None:
+    """The last breakpoint as a position in the IR the whole request maps to: the cut request
+    is mapped the same way, and its length is the position (the mapping of a cut request is
+    a prefix of the whole one's, but for the system text, which is one message, so a
+    breakpoint on any system block counts the whole system prompt)."""
+    marks = breakpoints(wire)
+    if not marks:
+        return None
+    last = marks[-1]
+    if last.kind == "tools":
+        return CachePoint(tools=last.index[0] + 1, messages=0)
+    try:
+        messages, _ = _messages(cut_at(wire, last), cut=True)
+    except ToolstudioError:  # a cut the checks refuse (an empty block at the cut): claim nothing
+        log.debug("cache breakpoint at %s %s not mapped", last.kind, last.index, exc_info=True)
+        return None
+    if last.kind != "messages" or not messages:
+        return CachePoint(messages=len(messages))
+    return CachePoint(messages=len(messages), parts=len(messages[-1].parts))
+
+
 def to_ir(wire: MessageInputs) -> ChatRequest:
     """Map a `create` or `count_tokens` body; only `create` carries sampling and `max_tokens`."""
     tools = tool_specs(wire.tools)
@@ -199,4 +235,5 @@ def to_ir(wire: MessageInputs) -> ChatRequest:
         reasoning=_reasoning(wire.thinking, sampling.max_tokens),
         reasoning_budget=wire.thinking.budget_tokens if wire.thinking and wire.thinking.type == "enabled" else None,
         server_tools=server,
+        cache_point=_cache_point(wire),
     )

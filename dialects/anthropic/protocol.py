@@ -1,8 +1,10 @@
 """Anthropic Messages wire structs. Field names are the API's, verbatim.
 
-Unknown fields are accepted (`cache_control`, `citations`, `metadata` keys, newer API fields and
-the SDK's `extra_body`); wrong types and out-of-range values fail decoding with a message naming
-the field. Content blocks and sources are tagged unions on `type`, so an unknown block type is
+Unknown fields are accepted (`citations`, `metadata` keys, newer API fields and the SDK's
+`extra_body`); wrong types and out-of-range values fail decoding with a message naming the
+field. `cache_control` is read where Anthropic allows it (tools, system text blocks, message
+content blocks, and the top level for automatic caching): it decides what usage reports as
+written to the cache. Content blocks and sources are tagged unions on `type`, so an unknown block type is
 a 400 that names it rather than something silently dropped.
 """
 
@@ -22,8 +24,17 @@ ToolName = Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,128}$")]
 # -- content blocks ------------------------------------------------------------------------------
 
 
+class CacheControl(Struct, tag_field="type", tag="ephemeral"):
+    """A prompt-cache breakpoint: the prompt up to and including the block carrying it is to
+    be cached. `ttl` is echoed in usage (`cache_creation`); this server keeps every prefix
+    while RAM allows, whatever the ttl."""
+
+    ttl: Literal["5m", "1h"] = "5m"
+
+
 class TextBlock(Struct, tag_field="type", tag="text"):
     text: str
+    cache_control: CacheControl | None = None
 
 
 class Base64Source(Struct, tag_field="type", tag="base64"):
@@ -41,6 +52,7 @@ class FileSource(Struct, tag_field="type", tag="file"):
 
 class ImageBlock(Struct, tag_field="type", tag="image"):
     source: Base64Source | URLSource | FileSource
+    cache_control: CacheControl | None = None
 
 
 class PlainTextSource(Struct, tag_field="type", tag="text"):
@@ -56,18 +68,21 @@ class DocumentBlock(Struct, tag_field="type", tag="document"):
     source: PlainTextSource | ContentSource | Base64Source | URLSource | FileSource
     title: str | None = None
     context: str | None = None
+    cache_control: CacheControl | None = None
 
 
 class ToolUseBlock(Struct, tag_field="type", tag="tool_use"):
     id: str
     name: str
     input: dict[str, Any]
+    cache_control: CacheControl | None = None
 
 
 class ToolResultBlock(Struct, tag_field="type", tag="tool_result"):
     tool_use_id: str
     content: str | list[TextBlock | ImageBlock | DocumentBlock] | None = None
     is_error: bool = False
+    cache_control: CacheControl | None = None
 
 
 class ThinkingBlock(Struct, tag_field="type", tag="thinking"):
@@ -102,6 +117,7 @@ class Tool(Struct):
     description: str | None = None
     input_schema: dict[str, Any] | None = None
     strict: bool | None = None
+    cache_control: CacheControl | None = None
 
 
 class ToolChoiceAuto(Struct, tag_field="type", tag="auto"):
@@ -161,6 +177,8 @@ class MessageInputs(Struct, kw_only=True):
     # The beta `output_format`, and the GA `output_config.format` the current SDK sends.
     output_format: JSONOutputFormat | None = None
     output_config: OutputConfig | None = None
+    # Automatic caching: a breakpoint on the last cacheable block, wherever that is.
+    cache_control: CacheControl | None = None
     # toolstudio extension: server-side tools
     enable_tools: bool | None = None
     enabled_tools: list[str] | None = None

@@ -50,6 +50,7 @@ STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_
 class Meta:
     id: str
     model: str
+    cache_ttl: str = "5m"  # the last cache breakpoint's ttl: where usage counts cache writes
 
 
 def tool_use_id(call_id: str) -> str:
@@ -83,14 +84,22 @@ def stop_reason(finish: Finished, client_calls: bool) -> str:
     return STOP_REASONS[finish.reason]
 
 
-def usage_body(usage: Usage) -> dict[str, Any]:
-    # Anthropic counts cached prompt tokens apart from `input_tokens` (the total is the sum),
-    # so clients adding the three fields get the real prompt size.
+def usage_body(usage: Usage, ttl: str = "5m") -> dict[str, Any]:
+    """Anthropic's split of the prompt: `cache_read_input_tokens` were served from the KV
+    cache, `cache_creation_input_tokens` lie up to the last `cache_control` breakpoint and
+    were computed (so written) this time, `input_tokens` are the rest; the three add up to
+    the prompt (`count_tokens`). Without a breakpoint nothing counts as written, though
+    every prefix is kept (see README, API notes)."""
+    written = usage.cache_write_tokens
     return {
-        "input_tokens": usage.prompt_tokens - usage.cached_tokens,
+        "input_tokens": usage.prompt_tokens - usage.cached_tokens - written,
         "output_tokens": usage.completion_tokens,
-        "cache_creation_input_tokens": 0,
+        "cache_creation_input_tokens": written,
         "cache_read_input_tokens": usage.cached_tokens,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": written if ttl != "1h" else 0,
+            "ephemeral_1h_input_tokens": written if ttl == "1h" else 0,
+        },
     }
 
 
@@ -130,7 +139,7 @@ def render_message(completion: Completion, meta: Meta) -> dict[str, Any]:
         "content": content,
         "stop_reason": stop_reason(finish, bool(completion.tool_calls)),
         "stop_sequence": finish.stop_sequence if finish.reason == "stop_sequence" else None,
-        "usage": usage_body(completion.usage),
+        "usage": usage_body(completion.usage, meta.cache_ttl),
     }
     if completion.tool_results:
         body["tool_results"] = [tool_result_body(r) for r in completion.tool_results]
@@ -223,8 +232,10 @@ class BlockWriter:
 
 
 def _message_start(meta: Meta, prompt: PromptUsage | None) -> ServerSentEventMessage:
-    # Token counts are only known at the end; `message_delta` carries them all (the SDK takes
-    # `input_tokens` and the cache fields from there when present).
+    # The prompt's counts are known once it is in the KV cache (`PromptUsage`); `message_delta`
+    # repeats them with the totals (an agent loop's later generations included), and the
+    # SDK takes `input_tokens` and the cache fields from there.
+    usage = Usage(prompt.prompt_tokens, 0, prompt.cached_tokens, prompt.cache_write_tokens) if prompt else Usage(0, 0)
     message = {
         "id": meta.id,
         "type": "message",
@@ -233,7 +244,7 @@ def _message_start(meta: Meta, prompt: PromptUsage | None) -> ServerSentEventMes
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": usage_body(Usage(prompt.prompt_tokens, 0, prompt.cached_tokens) if prompt else Usage(0, 0)),
+        "usage": usage_body(usage, meta.cache_ttl),
     }
     return frame({"type": "message_start", "message": message})
 
@@ -289,5 +300,8 @@ async def render_stream(events: AsyncIterator[Event], meta: Meta) -> AsyncIterat
         "stop_reason": stop_reason(finish, blocks.client_calls),
         "stop_sequence": finish.stop_sequence if finish.reason == "stop_sequence" else None,
     }
-    yield frame({"type": "message_delta", "delta": delta, "usage": usage_body(usage)})
+    # MessageDeltaUsage has no `cache_creation` breakdown: message_start carried it.
+    body = usage_body(usage, meta.cache_ttl)
+    del body["cache_creation"]
+    yield frame({"type": "message_delta", "delta": delta, "usage": body})
     yield frame({"type": "message_stop"})

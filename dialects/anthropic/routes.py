@@ -7,7 +7,7 @@ from typing import Any
 from litestar import Request, Response, post
 from litestar.response import ServerSentEvent
 
-from dialects.anthropic.adapter import to_ir
+from dialects.anthropic.adapter import cache_ttl, to_ir
 from dialects.anthropic.protocol import CountTokensRequest, CreateMessageRequest
 from dialects.anthropic.render import Meta, render_message, render_stream
 from dialects.common import decode_body, new_id
@@ -22,7 +22,7 @@ async def create_message(request: Request[Any, Any, Any]) -> Response[Any] | Ser
     chat = to_ir(wire)
     runtime = runtime_of(request)
     events = runtime.run(chat, api_key_of(request))
-    meta = Meta(id=new_id("msg_"), model=runtime.config.model_id)
+    meta = Meta(id=new_id("msg_"), model=runtime.config.model_id, cache_ttl=cache_ttl(wire))
     if wire.stream:
         return sse_response(render_stream(await primed(events), meta))
     completion = await unless_disconnected(request, fold(events))

@@ -1,5 +1,6 @@
-"""POST /v1/responses, GET/DELETE /v1/responses/{id}, POST /v1/responses/{id}/cancel,
-GET /v1/responses/{id}/input_items; POST /v1/responses/compact answers 404 (not offered)."""
+"""POST /v1/responses, GET/DELETE /v1/responses/{id} (GET with `stream=true` resumes a streamed
+background response), POST /v1/responses/{id}/cancel, GET /v1/responses/{id}/input_items;
+POST /v1/responses/compact answers 404 (not offered)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from litestar.response import ServerSentEvent
 
 from dialects.common import decode_body, new_id, now
 from dialects.openai_responses.adapter import Turn, to_ir
-from dialects.openai_responses.background import UNFINISHED, BackgroundRuns, as_seen
+from dialects.openai_responses.background import REPLAY_SECONDS, UNFINISHED, BackgroundRuns, as_seen
 from dialects.openai_responses.protocol import ResponsesRequest
 from dialects.openai_responses.render import Meta, OutputBuilder, Status, collect, render_stream, response_body
 from dialects.openai_responses.store import STORE_FILE, ResponseStore, StoredResponse
@@ -26,17 +27,16 @@ from runtime.events import Event
 from runtime.http import api_key_of, runtime_of, unless_disconnected
 from runtime.ir import Message
 
-_STORE_STATE_KEY = "openai_responses_store"
 _RUNS_STATE_KEY = "openai_responses_background"
 
 
 def store_of(request: Request[Any, Any, Any]) -> ResponseStore:
-    """One store per app (and so per Runtime), created on first use."""
+    """The app's store: `create_app` puts it on `app.state.responses`, in the storage backend
+    the server runs with (SQLite, or the PostgreSQL database front-ends share)."""
     state = request.app.state
-    store: ResponseStore | None = state.get(_STORE_STATE_KEY)
-    if store is None:
-        store = ResponseStore(runtime_of(request).config.data_dir / STORE_FILE)
-        state[_STORE_STATE_KEY] = store
+    store: ResponseStore | None = state.get("responses")
+    if store is None:  # an app assembled without create_app: the SQLite file, as before
+        store = state["responses"] = ResponseStore(runtime_of(request).config.data_dir / STORE_FILE)
     return store
 
 
@@ -126,16 +126,8 @@ async def _input_named(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
 
 
 def _check_background(wire: ResponsesRequest) -> None:
-    if not wire.background:
-        return
-    if wire.store is False:
+    if wire.background and wire.store is False:
         raise InvalidRequest("background responses must be stored: send store=true (or leave it out)", param="store")
-    if wire.stream:
-        raise InvalidRequest(
-            "this server cannot stream a background response; create it with stream=false and poll "
-            "GET /v1/responses/{id}, or stream it without background",
-            param="stream",
-        )
 
 
 @post("/v1/responses", status_code=200)
@@ -180,12 +172,18 @@ async def create_response(request: Request[Any, Any, Any]) -> Response[Any] | Se
     if wire.background:
         queued = response_body(meta, None, "queued")
 
-        async def save_state(status: Status, builder: OutputBuilder | None, error: ToolstudioError | None) -> None:
-            await save(response_body(meta, builder, status, error), builder)
+        def describe(status: Status, builder: OutputBuilder | None, error: ToolstudioError | None) -> dict[str, Any]:
+            return response_body(meta, builder, status, error)
 
         saving = asyncio.ensure_future(save(queued, None))
-        runs_of(request).start(meta.id, events, queued=saving, save=save_state)
+        stream = runs_of(request).start(
+            meta.id, events, queued=saving, describe=describe, save=save, stream=bool(wire.stream)
+        )
+        # Saved before the answer: a client may GET (or resume) it at once.
         await asyncio.shield(saving)
+        if stream is not None:
+            # The run goes on without this reader: a client that drops resumes with GET.
+            return sse_response(stream.follow())
         return Response(queued)
     if wire.stream:
         return sse_response(render_stream(await primed(events), meta, save))
@@ -195,12 +193,38 @@ async def create_response(request: Request[Any, Any, Any]) -> Response[Any] | Se
     return Response(body)
 
 
+def _starting_after(raw: str | None) -> int:
+    if raw is None:
+        return -1
+    if not (raw.isascii() and raw.isdigit()):
+        raise InvalidRequest(
+            "starting_after must be a non-negative integer (a sequence_number)", param="starting_after"
+        )
+    return int(raw)
+
+
 @get("/v1/responses/{response_id:str}")
-async def retrieve_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> dict[str, Any]:
-    if request.query_params.get("stream", "false").lower() == "true":
-        raise InvalidRequest("this server cannot stream a stored response; GET it without stream", param="stream")
+async def retrieve_response(
+    request: Request[Any, Any, Any], response_id: FromPath[str]
+) -> Response[Any] | ServerSentEvent:
+    """The stored response; with `stream=true`, the stream of a background response created
+    with `stream: true`: its events after `starting_after` (all without it), then live ones
+    until it ends."""
+    query = request.query_params
+    streamed = query.get("stream", "false").lower() == "true"
+    after = _starting_after(query.get("starting_after")) if streamed else -1
     record = await _stored(request, response_id, "response_id")
-    return as_seen(record.body, runs_of(request).live(response_id))
+    runs = runs_of(request)
+    if not streamed:
+        return Response(as_seen(record.body, runs.live(response_id)))
+    log = runs.events(response_id)
+    if log is None:
+        raise InvalidRequest(
+            "only a background response created with stream=true can be streamed, while it runs and for "
+            f"{int(REPLAY_SECONDS)} s after it ends; GET it without stream=true",
+            param="stream",
+        )
+    return sse_response(log.follow(after))
 
 
 @post("/v1/responses/{response_id:str}/cancel", status_code=200)
@@ -227,6 +251,7 @@ async def delete_response(request: Request[Any, Any, Any], response_id: FromPath
     if await store.get(response_id, key_id) is not None:
         # A running background response is stopped first, or its end would save it again.
         await runs_of(request).cancel(response_id)
+        runs_of(request).forget(response_id)
     if not await store.delete(response_id, key_id):
         raise _not_found(response_id, "response_id")
     return {"id": response_id, "object": "response", "deleted": True}

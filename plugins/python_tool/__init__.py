@@ -2,7 +2,8 @@
 
 A worked example of a tool plugin: `register_tools` hands the host one `PythonTool`. The kernel
 starts on a session's first call, lives in `session.state["python"]` and is shut down by the
-session's cleanup. Which sandbox it runs in: `session.state["sandbox"]` if the host put a
+session's cleanup. With a kernel pool (`PythonTool.kernel_pool`, plugins/python_tool/pool.py) a
+new session is instead handed a kernel already running in a sandbox made for it. Which sandbox it runs in: `session.state["sandbox"]` if the host put a
 `SandboxRunner` there (so operator settings such as --unsafe-no-sandbox apply), else a default
 `SandboxRunner()` built once per tool.
 """
@@ -15,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from plugins.python_tool.kernel import KernelStartError, SessionKernel
+from plugins.python_tool.pool import STATE_KEY, KernelPool
 from runtime.hookspecs import hookimpl
 from runtime.sandbox import SESSION_STATE_KEY, SandboxConfig, SandboxRunner, SandboxUnavailable, claim_box
 from runtime.tools import Tool, ToolContext, ToolOutput
 
 log = logging.getLogger(__name__)
 
-STATE_KEY = "python"
 
 DESCRIPTION = (
     "Run Python code in a persistent Jupyter kernel. Variables, imports and definitions persist "
@@ -61,6 +62,12 @@ class PythonTool:
         self._runner = runner
         self.interpreter = interpreter
         self.ro_binds = list(ro_binds)
+
+    def kernel_pool(self, runner: SandboxRunner, root: Path, size: int) -> KernelPool:
+        """A pool of `size` kernels started ahead for new sessions (the session manager's
+        `spares`), with this tool's interpreter and binds, in `runner`'s sandboxes; `root` is
+        the pool's directory, on the filesystem of the session workspaces."""
+        return KernelPool(runner, root, size, interpreter=self.interpreter, ro_binds=self.ro_binds)
 
     def runner_for(self, state: dict[str, Any]) -> SandboxRunner:
         shared = state.get(SESSION_STATE_KEY)

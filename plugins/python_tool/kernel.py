@@ -132,7 +132,10 @@ class SessionKernel:
         ro_binds: Sequence[tuple[Path, str]] = (),
         startup_timeout: float = 30.0,
         interrupt_grace: float = 5.0,
+        nice: int = 0,
     ) -> None:
+        """`nice` > 0 starts the kernel's processes at that niceness (a kernel started ahead, so
+        its boot does not take CPU from decoding); `renice` sets it back once it is needed."""
         self.runner = runner
         self.workspace = workspace
         # An explicit interpreter wins, then the operator's variable, then the tool environment.
@@ -145,6 +148,8 @@ class SessionKernel:
         self._runtime_dir: Path | None = None
         self._lock = asyncio.Lock()  # one execution at a time; parallel tool calls queue here
         self.start_seconds: float | None = None  # last start + ready time, for logs and metrics
+        self.ready_at: float | None = None  # unix time the kernel last became ready
+        self.nice = nice
 
     @property
     def started(self) -> bool:
@@ -154,6 +159,30 @@ class SessionKernel:
     def runtime_dir(self) -> Path | None:
         """The running kernel's private directory (connection file, sockets, log), if any."""
         return self._runtime_dir
+
+    async def start(self) -> None:
+        """Start the kernel now unless it runs (else the first `execute` starts it).
+        Raises KernelStartError."""
+        async with self._lock:
+            if self._km is None:
+                await self._start()
+
+    def renice(self, value: int = 0) -> int:
+        """Set the niceness of every thread of the kernel's processes (the sandbox launcher
+        and all it started) to `value`; returns how many threads were changed. Lowering it
+        needs root: elsewhere nothing changes (0). Blocking (reads /proc)."""
+        km = self._km
+        process = getattr(getattr(km, "provisioner", None), "process", None)
+        if process is None or os.geteuid() != 0:
+            return 0
+        changed = 0
+        for pid in [process.pid, *_descendants(process.pid)]:
+            for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
+                with contextlib.suppress(OSError):  # gone meanwhile
+                    os.setpriority(os.PRIO_PROCESS, int(task.name), value)
+                    changed += 1
+        self.nice = value  # a restart after a crash starts at normal priority
+        return changed
 
     async def execute(self, code: str, timeout: float) -> Execution:
         """Run `code`; on timeout interrupt (state kept); on a crash restart (state lost)."""
@@ -227,6 +256,8 @@ class SessionKernel:
             prefix = runner.argv([], self.workspace, limits=runner.config.kernel_limits)
             private = {"MPLCONFIGDIR": str(runtime_dir / "mpl"), "IPYTHONDIR": str(runtime_dir / "ipy")}
             launch_env = runner.unsafe_env(self.workspace, private)
+        if self.nice:  # inherited by every process the launcher starts
+            prefix = ["nice", "-n", str(self.nice), *prefix]
         km = SandboxedKernelManager(
             prefix=prefix,
             owner=owner,
@@ -252,9 +283,12 @@ class SessionKernel:
             raise
         self._km = km
         try:
+            # Sandboxed, bwrap puts the kernel in /workspace itself; the launcher on the host
+            # stays out of the workspace, so that its mount can move (see SandboxRunner.adopt_workspace).
+            cwd = "/" if self.runner.sandboxed else str(self.workspace)
             with log_path.open("ab") as kernel_log:  # the child keeps its own copy of the fd
                 await km.start_kernel(
-                    cwd=str(self.workspace),
+                    cwd=cwd,
                     env=launch_env,
                     stdin=subprocess.DEVNULL,
                     stdout=kernel_log,
@@ -272,6 +306,7 @@ class SessionKernel:
                 f"The Python kernel failed to start ({type(exc).__name__}: {exc}): {why}.{detail}"
             ) from exc
         self.start_seconds = time.monotonic() - started
+        self.ready_at = time.time()
         log.info("python kernel started for %s in %.2f s", self.workspace, self.start_seconds)
 
     def _why_not_started(self, kernel_log: str) -> str:
@@ -322,6 +357,19 @@ def _purge_stale_runtime_dirs(base: Path) -> None:
         if str(directory) not in live:  # a running kernel's bwrap has it in its --bind arguments
             log.info("removing stale kernel directory %s", directory)
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def _descendants(root: int) -> list[int]:
+    """Pids of every live process below `root`, from /proc (children files of every task)."""
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        for children in Path(f"/proc/{pid}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                for child in children.read_text().split():
+                    found.append(int(child))
+                    todo.append(int(child))
+    return found
 
 
 def _mtime(path: Path) -> float:

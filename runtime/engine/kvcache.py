@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from collections import OrderedDict
+import threading
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from itertools import count
 
 import llama_cpp
+
+from runtime.ir import Message, ToolSpec
 
 log = logging.getLogger(__name__)
 
@@ -93,3 +96,40 @@ class HostCache:
 
     def _drop(self, key: int) -> None:
         self.used -= self._entries.pop(key).size
+
+
+@dataclass(eq=False, slots=True)
+class Reply:
+    """A finished generation, kept so that the request continuing it (the agent loop's next
+    round) is tokenized from where it ended."""
+
+    messages: list[Message]  # its request's messages, held: their identity marks a continuation
+    tools: list[ToolSpec]  # the tools its prompt described
+    text: str  # its prompt, then the text the model generated
+    tokens: list[int]  # the prompt's tokens, then the tokens sampled: what the slot's KV holds
+
+
+class Replies:
+    """The latest `Reply`s, at most `capacity` (oldest out first). Thread-safe: added from the
+    event loop, read from the preparing thread and from token counting."""
+
+    def __init__(self, capacity: int) -> None:
+        self._replies: deque[Reply] = deque(maxlen=capacity)
+        self._lock = threading.Lock()
+
+    def add(self, reply: Reply) -> None:
+        with self._lock:
+            self._replies.append(reply)
+
+    def continued(self, messages: list[Message]) -> Reply | None:
+        """The latest reply whose request's messages `messages` extends with the very same
+        objects. The agent loop builds each round's conversation from the last round's list;
+        a client that sends a conversation again builds new objects, so a request from the
+        wire is always tokenized afresh, the same way whatever ran before it."""
+        with self._lock:
+            replies = list(self._replies)
+        for reply in reversed(replies):
+            n = len(reply.messages)
+            if len(messages) > n and all(a is b for a, b in zip(reply.messages, messages, strict=False)):
+                return reply
+        return None

@@ -18,6 +18,7 @@ from typing import Any
 from runtime.config import EngineConfig, SamplingDefaults
 from runtime.engine.base import EngineStats, ModelInfo
 from runtime.engine.grammar import after_thinking, json_object_grammar, schema_grammar
+from runtime.engine.kvcache import Replies, Reply, common_prefix
 from runtime.engine.model import LlamaModel
 from runtime.engine.reasoning import ReasoningSplitter, starts_thinking, tags_for_template
 from runtime.engine.sampler import GrammarMatcher, GrammarTrigger, SamplerParams
@@ -39,7 +40,7 @@ from runtime.events import (
     TopLogprob,
     Usage,
 )
-from runtime.ir import ChatRequest, ImagePart, ToolChoice, ToolSpec
+from runtime.ir import ChatRequest, ImagePart, Message, TextPart, ToolChoice, ToolSpec
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ class PreparedPrompt:
     parser: ToolCallParser | SnapshotParser | None = None  # set when the output may hold calls (or channels)
     thinking_open: bool = False  # the prompt itself opened a thinking block
     media: tuple[MediaChunk, ...] = ()  # the prompt's images, in order (with a projector)
+    cache_point: int = 0  # prompt tokens up to the client's cache breakpoint (0: none)
+    text: str = ""  # the rendered prompt
+    tools: tuple[ToolSpec, ...] = ()  # the tools it describes
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +92,7 @@ class LlamaEngine:
     def __init__(self, config: EngineConfig, *, model_id: str, defaults: SamplingDefaults) -> None:
         self.config = config
         self.defaults = defaults
-        self.model = LlamaModel(config.model_path)
+        self.model = LlamaModel(config.model_path, n_gpu_layers=config.n_gpu_layers)
         self.ctx_size = min(config.ctx_size, self.model.n_ctx_train) if self.model.n_ctx_train else config.ctx_size
         if self.ctx_size != config.ctx_size:
             log.warning("ctx-size %d is above the model's training context; using %d", config.ctx_size, self.ctx_size)
@@ -110,6 +114,9 @@ class LlamaEngine:
         # Prompts are rendered and tokenized one at a time, in arrival order: a pool of
         # several threads let a request that arrived later reach the scheduler's FIFO first.
         self._preparer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-prepare")
+        # Finished generations, for the agent loop's next round (`prompt`): a few per slot, so
+        # that tools running for a while in many sessions rarely lose theirs.
+        self.replies = Replies(max(64, 8 * config.parallel))
         self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Mailbox] = weakref.WeakKeyDictionary()
         self._info = ModelInfo(
             id=model_id,
@@ -167,8 +174,9 @@ class LlamaEngine:
             )
         return request.tools
 
-    def render(self, request: ChatRequest) -> str:
-        tools = self.prompt_tools(request)
+    def render(self, request: ChatRequest, tools: list[ToolSpec] | None = None) -> str:
+        """The prompt text; `tools`: the tools to describe (default: `prompt_tools`)."""
+        tools = self.prompt_tools(request) if tools is None else tools
         # Native formats hand tools, earlier calls and results to the template itself (a few
         # reshape them the way their template reads them); the generic format rewrites the
         # history, since templates without tool support cannot render calls and results.
@@ -205,15 +213,42 @@ class LlamaEngine:
             return self.projector.tokenize(prompt, images, add_special=add_bos)
         return self.model.tokenize(prompt, add_special=add_bos), []
 
+    def prompt(self, request: ChatRequest) -> tuple[str, list[int], list[MediaChunk], list[ToolSpec]]:
+        """The prompt's text, tokens and images, and the tools it describes.
+
+        A request that continues a generation of this engine (`Replies.continued`: the agent
+        loop's next round) and whose text extends that generation's prompt and output is
+        tokenized from there: that prompt's tokens, the tokens the model sampled, then only
+        the new text. The slot's KV cache holds exactly those; tokenizing the whole text
+        again often spells the reply differently (under a call grammar SmolLM2 writes `{"`
+        as `{` `"`), and the prefix cache would then prefill the whole reply again. The
+        loop's last round (calls forbidden, no tools of its own) still describes the tools
+        the conversation had, when the family's grammar can forbid calls, so its prompt
+        extends the last one instead of changing the system prompt and prefilling it all.
+        """
+        tools = self.prompt_tools(request)
+        images = self.projector is not None and _has_images(request)  # placeholder runs: tokenized whole
+        reply = None if images else self.replies.continued(request.messages)
+        prompt = self.render(request, tools)
+        last_round = request.calls_forbidden and not tools and self.tool_format.no_calls_grammar() is not None
+        if reply is not None and reply.tools and last_round and not prompt.startswith(reply.text):
+            shown = self.render(request, reply.tools)
+            if shown.startswith(reply.text):
+                prompt, tools = shown, reply.tools
+        if reply is not None and prompt.startswith(reply.text):
+            suffix = self.model.tokenize(prompt[len(reply.text) :], add_special=False)
+            return prompt, [*reply.tokens, *suffix], [], tools
+        tokens, media = self.tokenize_prompt(prompt, request)
+        return prompt, tokens, media, tools
+
     async def count_tokens(self, request: ChatRequest) -> int:
-        tokens, _ = await asyncio.to_thread(lambda: self.tokenize_prompt(self.render(request), request))
+        _, tokens, _, _ = await asyncio.to_thread(self.prompt, request)
         return len(tokens)
 
     def _prepare(self, request: ChatRequest) -> PreparedPrompt:
-        prompt = self.render(request)
+        prompt, tokens, media, tools = self.prompt(request)
         thinking_open = self.thinking_tags is not None and starts_thinking(prompt, self.thinking_tags)
         constraint = self.constraint(request, thinking_open=thinking_open)
-        tokens, media = self.tokenize_prompt(prompt, request)
         if len(tokens) >= self.ctx_size:
             raise ContextLengthExceeded(
                 f"this model's context window is {self.ctx_size} tokens; the prompt takes {len(tokens)}"
@@ -237,7 +272,43 @@ class LlamaEngine:
             thinking_close=self.thinking_tags.close if self.thinking_tags is not None else None,
         )
         max_tokens = min(wanted, room) if wanted else room
-        return PreparedPrompt(tokens, params, max_tokens, constraint.parser, thinking_open, tuple(media))
+        point = self.cache_point_tokens(request, tokens)
+        return PreparedPrompt(
+            tokens, params, max_tokens, constraint.parser, thinking_open, tuple(media), point, prompt, tuple(tools)
+        )
+
+    def cache_point_tokens(self, request: ChatRequest, tokens: list[int]) -> int:
+        """How many of the prompt's `tokens` lie up to the client's cache breakpoint
+        (`request.cache_point`): the prefix request is rendered and tokenized on its own,
+        and the count is where its tokens part from the whole prompt's. At most
+        len(tokens) - 1: the last prompt token is always decoded anew, for its logits. A
+        prefix the template cannot render alone counts 0 (reported as not written)."""
+        point = request.cache_point
+        if point is None:
+            return 0
+        messages = request.messages[: point.messages]
+        if messages and point.parts is not None:
+            last = messages[-1]
+            messages = [*messages[:-1], Message(last.role, last.parts[: point.parts])]
+        if not any(m.role == "user" for m in messages):
+            # Templates want a user turn; this one differs from the prompt's, so the
+            # prefix's tokens part from the prompt's where its own messages begin.
+            messages = [*messages, Message("user", [TextPart(".")])]
+        tools = request.tools if point.tools is None else request.tools[: point.tools]
+        prefix = dataclasses.replace(
+            request,
+            messages=messages,
+            tools=tools,
+            prefill="",
+            cache_point=None,
+            tool_choice=ToolChoice("none" if request.tool_choice.mode == "none" else "auto"),
+        )
+        try:
+            prefix_tokens, _ = self.tokenize_prompt(self.render(prefix), prefix)
+        except Exception:  # a template that refuses the cut conversation: nothing is claimed
+            log.debug("the cache breakpoint's prefix could not be rendered alone", exc_info=True)
+            return 0
+        return min(common_prefix(prefix_tokens, tokens), len(tokens) - 1)
 
     def constraint(self, request: ChatRequest, *, thinking_open: bool = False) -> OutputConstraint:
         """The grammar (and tool-call parser) a request's tools and response format ask for.
@@ -339,7 +410,7 @@ class LlamaEngine:
                     continue  # the Done of a job ended early by a stop sequence
                 if isinstance(item, Token):
                     if not any(c.generated for c in choices):
-                        yield PromptUsage(len(prepared.tokens), jobs[0].cached)
+                        yield PromptUsage(len(prepared.tokens), jobs[0].cached, _written(prepared, jobs[0]))
                     events = choice.token(item)
                 else:
                     if item.error is not None:
@@ -358,10 +429,13 @@ class LlamaEngine:
                     events.append(choice.finish)
                 for event in events:
                     yield ChoiceEvent(index, event) if wrap else event
+            if not wrap:
+                self._remember(request, prepared, choices[0])
             yield Usage(
                 prompt_tokens=len(prepared.tokens),
                 completion_tokens=sum(c.generated for c in choices),
-                cached_tokens=choices[0].cached,
+                cached_tokens=jobs[0].cached,
+                cache_write_tokens=_written(prepared, jobs[0]),
             )
             if not wrap:
                 assert choices[0].finish is not None
@@ -369,6 +443,18 @@ class LlamaEngine:
         finally:
             for job in jobs:
                 job.cancelled = True  # a no-op when finished; stops decoding when the client went away
+
+    def _remember(self, request: ChatRequest, prepared: PreparedPrompt, choice: _Choice) -> None:
+        """Keep a finished reply for the request that continues it (see `prompt`)."""
+        finish = choice.finish
+        if prepared.media or finish is None or finish.reason not in ("stop", "tool_calls"):
+            return  # cut short (length, a stop sequence): the text goes on differently
+        try:
+            text = bytes(choice.sampled_bytes).decode("utf-8")
+        except UnicodeDecodeError:
+            return
+        tokens = [*prepared.tokens, *choice.sampled]
+        self.replies.add(Reply(list(request.messages), list(prepared.tools), prepared.text + text, tokens))
 
 
 class _Choice:
@@ -392,6 +478,8 @@ class _Choice:
         self.close_thinking = engine._close_thinking
         self.thinking = 0
         self.generated = 0
+        self.sampled: list[int] = []  # the tokens, as the KV cache holds them (see `LlamaEngine.prompt`)
+        self.sampled_bytes = bytearray()
         self.cached = 0
         self.pending: list[TokenLogprob] = []  # logprobs of tokens whose text is not out yet
         self.finish: Finished | None = None
@@ -429,6 +517,8 @@ class _Choice:
     def token(self, item: Token) -> list[Event]:
         job, splitter = self.job, self.splitter
         self.generated += 1
+        self.sampled.append(item.id)
+        self.sampled_bytes += item.piece
         if item.logprob is not None:
             top = tuple(TopLogprob(self.model.piece(t), lp) for t, lp in item.top)
             self.pending.append(TokenLogprob(item.piece, item.logprob, top))
@@ -460,6 +550,15 @@ class _Choice:
                 finish = Finished("tool_calls")
         self.finish = finish
         return events
+
+
+def _written(prepared: PreparedPrompt, job: SequenceJob) -> int:
+    """Prompt tokens up to the cache breakpoint that were decoded, not read from cache."""
+    return max(0, prepared.cache_point - job.cached)
+
+
+def _has_images(request: ChatRequest) -> bool:
+    return any(isinstance(part, ImagePart) for message in request.messages for part in message.parts)
 
 
 def _image_bytes(request: ChatRequest) -> list[bytes]:

@@ -38,6 +38,24 @@ log = logging.getLogger(__name__)
 
 StopReason = Literal["eog", "length", "cancelled", "error"]
 MIN_SAVED_TOKENS = 32  # shorter sequences prefill faster than they are worth keeping
+# How far greedy output is made independent of how a token's batch was made up (README, "What
+# is deterministic"; measured in bench/bench_determinism.py). On llama.cpp's CPU kernels, with
+# flash attention a token's result depends on the shape of the whole batch; without it (no
+# slower on CPU) a token comes out bit for bit the same in any batch that gives its sequence
+# two rows or more, and differently when its sequence has one row only.
+#   "off"     llama.cpp's defaults (flash attention where it chooses): no promise.
+#   "prompt"  flash attention off, and a prompt piece of one token (the last prompt token when
+#             the rest is cached) is decoded together with the position before it again: a
+#             prompt gives the same tokens cold or partly cached, when decoded alone. Costs
+#             one extra row once per such request.
+#   "full"    also every decoding step gives each sequence an even number of rows, two or more
+#             (its last position decoded again): the same whatever else is decoded alongside,
+#             and when an earlier reply's KV is reused. Costs a third to a half of the decode
+#             speed of SmolLM2-135M (a small model is bound by compute, not memory).
+# None: "prompt" in a CPU-only build, "off" in one that can offload to a GPU (whose kernels vary
+# with the batch anyway).
+Determinism = Literal["off", "prompt", "full"]
+DETERMINISM: Determinism | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +146,11 @@ class Scheduler:
         params.n_threads = threads
         params.n_threads_batch = threads
         params.kv_unified = False  # each slot owns ctx_size tokens: one request cannot starve another
+        self.determinism: Determinism = DETERMINISM or ("off" if model.gpu_offload else "prompt")
+        off = self.determinism == "off"
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO if off else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         params.no_perf = True
         self.ctx = llama_cpp.llama_init_from_model(model.model, params)
         if not self.ctx:
@@ -345,6 +368,8 @@ class Scheduler:
             if slot.job.inject:
                 self._inject(slot)  # decoded below, with the prompts
                 continue
+            if self.determinism == "full":
+                n = self._pad(n, slot)
             self._add(n, slot.next_token, len(slot.tokens), slot.seq_id, True)
             slot.tokens.append(slot.next_token)
             slot.next_token = None
@@ -371,8 +396,11 @@ class Scheduler:
             if slot.job is None:
                 continue
             take = next((i for i, t in enumerate(slot.todo[:budget]) if is_placeholder(t)), min(budget, len(slot.todo)))
+            take, pad = self._even(slot, take, room=self.batch_size - n - take)
             chunk, slot.todo = slot.todo[:take], slot.todo[take:]
-            budget -= len(chunk)
+            if pad:
+                n = self._pad(n, slot)
+            budget -= len(chunk) + pad
             for i, token in enumerate(chunk):
                 last = not slot.todo and i == len(chunk) - 1
                 self._add(n, token, len(slot.tokens), slot.seq_id, last)
@@ -391,6 +419,33 @@ class Scheduler:
         for slot in self.slots:
             if slot.batch_index >= 0 and slot.job is not None:
                 self._sample(slot)
+
+    def _can_pad(self, slot: Slot) -> bool:
+        return self.determinism != "off" and bool(slot.tokens) and not is_placeholder(slot.tokens[-1])
+
+    def _pad(self, n: int, slot: Slot) -> int:
+        """Decode the slot's last KV position again, as row `n` of this step, so its sequence
+        has one row more in it (see DETERMINISM); it comes out the same as before. Returns the
+        next free row (`n` itself when there is nothing to decode again)."""
+        last = len(slot.tokens) - 1
+        if not self._can_pad(slot) or not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, last, -1):
+            return n
+        self._add(n, slot.tokens[last], last, slot.seq_id, False)
+        return n + 1
+
+    def _even(self, slot: Slot, take: int, room: int) -> tuple[int, bool]:
+        """The prompt piece to decode now (`take` tokens of `slot.todo`) under DETERMINISM, and
+        whether to pad it with the position before it: never one row alone ("prompt"), an even
+        number of rows ("full": llama.cpp splits a batch into equal shares per sequence, and an
+        odd count could leave one row). A piece with more of the prompt after it ends a token
+        earlier instead; one that cannot be padded (no room, an image before it) too."""
+        if self.determinism == "off" or take % 2 == 0 or (take > 1 and self.determinism == "prompt"):
+            return take, False
+        if take < len(slot.todo) and take > 1:
+            return take - 1, False
+        if self._can_pad(slot) and room > 0:
+            return take, True
+        return max(take - 1, 1), False
 
     def _evaluate_image(self, slot: Slot) -> int:
         """Encode the image at the head of the slot's prompt into its KV (stalls this step).

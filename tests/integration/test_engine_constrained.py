@@ -175,7 +175,7 @@ async def test_multi_turn_tool_conversation_renders_and_answers(engine: LlamaEng
     ]
     prompt = engine.render(request(messages=history, tools=[WEATHER]))
     assert '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}' in prompt
-    assert '"tool_results"' in prompt and "clear" in prompt
+    assert "Result of get_weather:" in prompt and "clear" in prompt
     events = await collect(engine, request(messages=history, tools=[WEATHER], tool_choice=ToolChoice("none")))
     assert "".join(e.text for e in events if isinstance(e, TextDelta)).strip()
 

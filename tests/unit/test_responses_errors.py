@@ -126,7 +126,6 @@ CASES: list[tuple[str, Any, int, str]] = [
         "image",
     ),
     ("background without store", {"model": "m", "input": "x", "background": True, "store": False}, 400, "store"),
-    ("background streamed", {"model": "m", "input": "x", "background": True, "stream": True}, 400, "stream"),
     ("conversation", {"model": "m", "input": "x", "conversation": "conv_1"}, 400, "previous_response_id"),
 ]
 

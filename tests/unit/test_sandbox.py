@@ -33,7 +33,7 @@ def runner() -> SandboxRunner:
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
-    return tmp_path / "ws"  # under /tmp/pytest-of-root (0700): exercises the mount hop as root
+    return tmp_path / "ws"  # under /tmp/pytest-of-root (0700): exercises the door as root
 
 
 def processes_with(marker: str) -> list[str]:
@@ -186,12 +186,22 @@ async def test_workspace_is_owned_by_sandbox_uid(runner: SandboxRunner, workspac
     assert (workspace / "note.txt").stat().st_uid == runner.uid_for(workspace)[0]
 
 
-async def test_mount_hop_only_when_workspace_unreachable(runner: SandboxRunner, tmp_path: Path) -> None:
+async def test_an_unreachable_workspace_gets_a_door_else_the_mount_hop(runner: SandboxRunner, tmp_path: Path) -> None:
     if os.geteuid() != 0:
-        pytest.skip("the mount hop is only used when launching as root")
+        pytest.skip("doors and the mount hop are only used when launching as root")
     hidden = tmp_path / "hidden"
     hidden.mkdir(mode=0o700)
-    assert runner.argv(["true"], hidden / "ws")[0] == "unshare"
+    # A uid of its own: the workspace is bound once at a door the uid can reach, no hop per call.
+    runner.prepare_workspace(hidden / "ws")
+    argv = runner.argv(["true"], hidden / "ws")
+    doors = [Path(a) for a in argv if "/doors/" in a]
+    assert "unshare" not in argv and doors
+    result = await runner.run("echo through-the-door > f; cat f", hidden / "ws")
+    assert result.stdout == "through-the-door\n" and (hidden / "ws" / "f").read_text() == "through-the-door\n"
+    runner.close_workspace(hidden / "ws")
+    assert not doors[0].exists()  # removed with the session's box
+    # A shared uid gets no door (its lease is not the session's alone): the mount hop then.
+    assert SandboxRunner(SandboxConfig(isolate_sessions=False)).argv(["true"], hidden / "ws2")[0] == "unshare"
     open_ws = Path("/tmp") / f"toolstudio-test-{uuid.uuid4().hex}"
     try:
         runner.prepare_workspace(open_ws)

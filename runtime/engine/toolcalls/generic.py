@@ -2,7 +2,9 @@
 
 Tools are described in a system-prompt block; earlier calls are written back as the same
 JSON envelope the model is asked to produce, and tool results become user messages (many
-templates reject a `tool` role or insist that user and assistant alternate).
+templates reject a `tool` role or insist that user and assistant alternate), in plain text:
+"Result of python:" and the output. A small model (SmolLM2-135M) reads that as something to
+answer from; a JSON `{"tool_results": ...}` object it tended to copy back as JSON.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from runtime.ir import Message, TextPart, ToolCallPart, ToolResultPart, ToolSpec
 INSTRUCTIONS = (
     "To call tools, answer with only a JSON object of this form and nothing else:\n"
     '{"tool_calls": [{"name": "<tool name>", "arguments": {<the arguments>}}]}\n'
-    'Tool results come back in a message that starts with {"tool_results":. '
+    'Tool results come back in a message that starts with "Result of <tool name>:". '
     "When no tool is needed, answer normally."
 )
 
@@ -43,6 +45,20 @@ def calls_text(calls: list[ToolCallPart]) -> str:
     return json.dumps(envelope, ensure_ascii=False)
 
 
+def results_text(results: list[dict[str, Any]]) -> str:
+    """One user message for a round's results: `Result of NAME:` (or `NAME failed:`) and the
+    content, per result; text the user added comes last, as it is."""
+    blocks = []
+    for result in results:
+        name = result.get("name")
+        if name is None:  # the user's own text next to the results
+            blocks.append(str(result["content"]))
+        else:
+            head = f"{name or 'the tool'} failed:" if result.get("is_error") else f"Result of {name or 'the tool'}:"
+            blocks.append(f"{head}\n{result['content']}")
+    return "\n\n".join(blocks)
+
+
 def prepare_generic(messages: list[Message], tools: list[ToolSpec]) -> list[Message]:
     """Rewrite a conversation with tools into plain role + content messages."""
     out: list[Message] = []
@@ -58,7 +74,7 @@ def prepare_generic(messages: list[Message], tools: list[ToolSpec]) -> list[Mess
 
     def flush() -> None:
         if pending:
-            out.append(Message("user", [TextPart(json.dumps({"tool_results": list(pending)}, ensure_ascii=False))]))
+            out.append(Message("user", [TextPart(results_text(pending))]))
             pending.clear()
 
     for message in rest:
