@@ -6,9 +6,9 @@ server-side loop and (b) as a client-side loop against llama-server, in the same
     a `session_id`, python forced on the first round, `parallel_tool_calls: false` and
     `max_tool_calls_per_message: 3`: the server generates, runs the call in the session's
     kernel, appends the result and generates again, three times, then the model answers.
-(a0) The same request to a second toolstudio server whose engine never continues a
-    generation (`Replies.continued` patched to find nothing): each round's prompt rendered
-    and tokenized afresh, the last round without the tools in its system prompt.
+(a0) The same request, to the same server, in a session whose requests get the engine as it
+    was before (`Replies.continued` patched to find nothing for them): each round's prompt
+    rendered and tokenized afresh, the last round without the tools in its system prompt.
 (b) The same conversation driven by the client: llama-server (`--jinja`, the same GGUF,
     context, threads, slots, flash attention off as ours on CPU) generates; each call runs
     through toolstudio's direct tool endpoint `POST /v1/sessions/{id}/tools/python` (the same
@@ -79,6 +79,7 @@ TASK = (
 )
 NUMBERS = [(17, 23, 100), (19, 29, 50), (13, 31, 70), (11, 37, 90), (23, 41, 30), (29, 43, 10)]
 clock = time.monotonic  # CLOCK_MONOTONIC: comparable between this process and the server's
+BASELINE = "baseline-"  # sessions whose requests get the engine without continuation (a0)
 
 
 def task_messages(repeat: int) -> list[Message]:
@@ -89,11 +90,12 @@ def task_messages(repeat: int) -> list[Message]:
 # -- the timed toolstudio server ----------------------------------------------------------------
 
 
-def serve_timed(record_path: str, argv: list[str], *, continuation: bool = True) -> int:
+def serve_timed(record_path: str, argv: list[str]) -> int:
     """`toolstudio <argv>` with timing wrappers; records go to `record_path`, one JSON object
-    a line, times in `time.monotonic()` seconds. `continuation=False` is the baseline: every
-    round's prompt rendered and tokenized afresh, the last round without the tools, as before
-    `LlamaEngine.prompt` continued the last generation (`Replies.continued` finds nothing).
+    a line, times in `time.monotonic()` seconds. Requests whose `session_id` starts with
+    BASELINE get the engine as it was before it continued the last generation
+    (`Replies.continued` finds nothing): every round's prompt rendered and tokenized afresh,
+    the last round without the tools.
 
     - `{"k": "admit", "job", "t", "submitted", "prompt", "cached"}`: a job got a slot
     - `{"k": "step", "t0", "t1", "prompt", "gen", "jobs"}`: one decode step (prompt and
@@ -108,8 +110,21 @@ def serve_timed(record_path: str, argv: list[str], *, continuation: bool = True)
     from runtime import agent, cli
     from runtime.engine import kvcache, llama, scheduler
 
-    if not continuation:
-        kvcache.Replies.continued = lambda self, messages: None  # type: ignore[method-assign]
+    baseline = threading.local()  # set while preparing a baseline request's prompt
+    real_continued, real_prompt = kvcache.Replies.continued, llama.LlamaEngine.prompt
+
+    def continued(self: kvcache.Replies, messages: Any) -> Any:
+        return None if getattr(baseline, "on", False) else real_continued(self, messages)
+
+    def prompt(self: llama.LlamaEngine, request: Any) -> Any:
+        baseline.on = (request.server_tools.session_id or "").startswith(BASELINE)
+        try:
+            return real_prompt(self, request)
+        finally:
+            baseline.on = False
+
+    kvcache.Replies.continued = continued  # type: ignore[method-assign]
+    llama.LlamaEngine.prompt = prompt  # type: ignore[method-assign]
 
     out = Path(record_path).open("a", buffering=1)  # noqa: SIM115 (open for the server's lifetime)
     lock = threading.Lock()
@@ -198,7 +213,6 @@ class TimedServer:
 
     home: Path
     args: tuple[str, ...]
-    continuation: bool = True
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
 
@@ -213,9 +227,7 @@ class TimedServer:
     def start(self) -> TimedServer:
         self.port = free_port()
         env = {**os.environ, "TOOLSTUDIO_HOME": str(self.home)}
-        command = [sys.executable, __file__, "--serve-timed", str(self.record_path)]
-        command += [] if self.continuation else ["--no-continuation"]
-        command += ["run", "-p", str(self.port)]
+        command = [sys.executable, __file__, "--serve-timed", str(self.record_path), "run", "-p", str(self.port)]
         with (self.home / "server.log").open("wb") as log:
             self.proc = subprocess.Popen([*command, *self.args], env=env, stdout=log, stderr=subprocess.STDOUT)
         wait_healthy(self.base_url, timeout=300, proc=self.proc)
@@ -357,10 +369,13 @@ def warm_up(server: TimedServer, key: str, llama_url: str | None, tools: list[To
 
 
 def run_ours(server: TimedServer, key: str, session: str, repeat: int, seed: int, max_tokens: int) -> Turn:
-    """The turn as one streaming request through toolstudio's server-side loop."""
+    """The turn as one streaming request through toolstudio's server-side loop (as before
+    continuation when `session` starts with BASELINE)."""
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0, timeout=900)
     messages = [{"role": m.role, "content": m.text} for m in task_messages(repeat)]
-    turn = Turn("(a) toolstudio server-side loop" if server.continuation else "(a0) the same, before (baseline)")
+    turn = Turn(
+        "(a0) the same, before (baseline)" if session.startswith(BASELINE) else "(a) toolstudio server-side loop"
+    )
     started = clock()
     stream = client.chat.completions.create(
         model="default",
@@ -660,14 +675,13 @@ def table(args: argparse.Namespace, turns: dict[str, list[Turn]], cold: dict[str
 
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--serve-timed":
-        continuation = sys.argv[3] != "--no-continuation"
-        sys.exit(serve_timed(sys.argv[2], sys.argv[3 if continuation else 4 :], continuation=continuation))
+        sys.exit(serve_timed(sys.argv[2], sys.argv[3:]))
     parser = argparse.ArgumentParser()
     parser.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER"))
     parser.add_argument("--model", type=Path, help="a GGUF for both servers (default: the packaged SmolLM2)")
     parser.add_argument("--label", help="the model's name in the table heading")
     parser.add_argument("--repeats", type=int, default=3, help="measured turns per side")
-    parser.add_argument("--no-baseline", action="store_true", help="skip (a0), the loop without continuation")
+    parser.add_argument("--no-baseline", action="store_true", help="skip (a0): the loop without continuation")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--ctx", type=int, default=4096, help="context per slot")
@@ -691,50 +705,36 @@ def main() -> None:
         home = Path(tmp)
         logs = args.logs or home
         logs.mkdir(parents=True, exist_ok=True)
-        (home / "a").mkdir()
-        (home / "a0").mkdir()
-        server = TimedServer(home / "a", flags)
-        baseline = None if args.no_baseline else TimedServer(home / "a0", flags, continuation=False)
+        server = TimedServer(home, flags)
         proc, url = None, ""
         try:
-            keys = {}
-            for each in (server, baseline):
-                if each is not None:
-                    each.start()
-                    keys[each.port] = toolstudio("keys", "create", data_dir=each.home).strip()
-            key = keys[server.port]
-            cold_key = toolstudio("keys", "create", data_dir=server.home).strip()
+            server.start()
+            key = toolstudio("keys", "create", data_dir=home).strip()
+            cold_key = toolstudio("keys", "create", data_dir=home).strip()
             tools = server_tools_spec(server.base_url, key)
             if args.llama_server:
                 proc, url = start_llama_server(
                     args.llama_server, args.model, args.slots, args.ctx, args.threads, logs / "llama-server.log"
                 )
             warm_up(server, key, url if proc is not None else None, tools, args.seed)
-            if baseline is not None:
-                warm_up(baseline, keys[baseline.port], None, tools, args.seed)
 
-            # Interleaved, every other repeat in the reverse order, so that all sides see the
-            # same machine on average (these machines are shared, their load drifts).
             def turn_of(side: str, repeat: int) -> None:
-                session = f"agent-bench-{repeat}-{side}"
+                session = f"{BASELINE if side == 'before' else ''}agent-bench-{repeat}-{side}"
+                prepare_session(server.base_url, key, session)
                 if side == "llama":
-                    prepare_session(server.base_url, key, session)
                     turn = run_client_loop(url, server, key, session, repeat, args.seed, args.max_tokens)
                 else:
-                    each = server if side == "ours" else baseline
-                    assert each is not None
-                    prepare_session(each.base_url, keys[each.port], session)
-                    turn = run_ours(each, keys[each.port], session, repeat, args.seed, args.max_tokens)
+                    turn = run_ours(server, key, session, repeat, args.seed, args.max_tokens)
                 turns[side].append(turn)
-                print(
-                    f"  {turn.side} turn {repeat}: {turn.wall:.2f} s, calls {turn.calls}", file=sys.stderr, flush=True
-                )
+                print(f"  {turn.side}, turn {repeat}: {turn.wall:.2f} s, calls {turn.calls}", file=sys.stderr)
                 if turn.transcript and side == "ours":
                     cold["ours"].append(cold_ours(server, cold_key, turn.transcript, args.seed))
                 elif turn.transcript and side == "llama":
                     cold["llama"].append(cold_llama(url, turn.transcript, tools, args.seed)[0])
 
-            sides = ["ours", *(["before"] if baseline is not None else []), *(["llama"] if proc is not None else [])]
+            # Interleaved, every other repeat in the reverse order, so that all sides see the
+            # same machine on average (these machines are shared, and their load drifts).
+            sides = ["ours", *([] if args.no_baseline else ["before"]), *(["llama"] if proc is not None else [])]
             for repeat in range(args.repeats):
                 for side in sides if repeat % 2 == 0 else sides[::-1]:
                     turn_of(side, repeat)
@@ -743,14 +743,10 @@ def main() -> None:
                 proc.terminate()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=30)
-            for each in (server, baseline):
-                if each is None:
-                    continue
-                each.stop()
-                if args.logs and each.proc is not None:
-                    name = "toolstudio" if each.continuation else "toolstudio-baseline"
-                    (logs / f"{name}.log").write_bytes((each.home / "server.log").read_bytes())
-                    (logs / f"{name}-records.jsonl").write_bytes(each.record_path.read_bytes())
+            server.stop()
+            if args.logs:
+                (logs / "toolstudio.log").write_bytes((home / "server.log").read_bytes())
+                (logs / "toolstudio-records.jsonl").write_bytes(server.record_path.read_bytes())
 
     text = table(args, turns, cold)
     print("\n" + text)
