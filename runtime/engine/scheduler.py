@@ -125,7 +125,14 @@ class Slot:
 
 
 class Scheduler:
-    def __init__(self, model: LlamaModel, config: EngineConfig, *, projector: Projector | None = None) -> None:
+    def __init__(
+        self,
+        model: LlamaModel,
+        config: EngineConfig,
+        *,
+        projector: Projector | None = None,
+        determinism: Determinism | None = None,  # None: DETERMINISM, else by the build
+    ) -> None:
         self.model = model
         self.projector = projector
         self.ctx_size = config.ctx_size
@@ -146,7 +153,7 @@ class Scheduler:
         params.n_threads = threads
         params.n_threads_batch = threads
         params.kv_unified = False  # each slot owns ctx_size tokens: one request cannot starve another
-        self.determinism: Determinism = DETERMINISM or ("off" if model.gpu_offload else "prompt")
+        self.determinism: Determinism = determinism or DETERMINISM or ("off" if model.gpu_offload else "prompt")
         off = self.determinism == "off"
         params.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO if off else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED

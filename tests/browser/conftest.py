@@ -33,7 +33,9 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     print(f"\nbrowser screenshots: {folder}")
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: the sync API keeps an event loop running on the main thread while it
+# is open, and every later test that calls asyncio.run() would then fail.
+@pytest.fixture(scope="package")
 def chromium() -> Iterator[Any]:
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
