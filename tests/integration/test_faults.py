@@ -123,8 +123,10 @@ def test_kernel_exiting_mid_call_loses_state_and_the_conversation_goes_on(tool_s
 @with_bwrap
 def test_kernel_killed_from_outside_mid_call_and_between_calls(tool_server: FakeServer) -> None:
     me = os.getpid()  # the server runs in a thread of this process, so its kernels are our descendants
+    # Kernels of earlier tests' servers in this process may still be shutting down.
+    others = kernel_pids(me)
     assert not run_tool(tool_server, "victim", "python", {"code": "x = 5"})["is_error"]
-    [kernel] = kernel_pids(me)  # this session's kernel, as the host sees it
+    [kernel] = kernel_pids(me) - others  # this session's kernel, as the host sees it
 
     with ThreadPoolExecutor(1) as pool:
         started = time.monotonic()
@@ -138,7 +140,7 @@ def test_kernel_killed_from_outside_mid_call_and_between_calls(tool_server: Fake
 
     # A fresh kernel serves the session; the old state is gone.
     assert "NameError" in run_tool(tool_server, "victim", "python", {"code": "x"})["output"]
-    [second] = kernel_pids(me)
+    [second] = kernel_pids(me) - others
     assert second != kernel
     os.kill(second, signal.SIGKILL)
     time.sleep(0.5)

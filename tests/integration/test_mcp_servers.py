@@ -217,7 +217,9 @@ def test_a_stdio_server_writes_only_its_workspace_and_has_no_network(server: Cli
     assert "cwd=/workspace" in where and "uid=0" not in where
     for path in ("/etc/mcp-evil", str(SERVERS / "evil.py"), PYTHON + "-evil"):
         result = call(server, key, "boxed", "counter__write_file", path=path, text="x")["output"]
-        assert result.startswith("error: "), (path, result)
+        # Under /tmp (a checkout there) the write may land in the sandbox's own /tmp: allowed,
+        # as long as the host's file is untouched.
+        assert result.startswith("error: ") or path.startswith("/tmp/"), (path, result)
         assert not Path(path).exists()
     host_tmp = Path("/tmp") / f"mcp-escape-{os.getpid()}"
     assert call(server, key, "boxed", "counter__write_file", path=str(host_tmp), text="x")["output"].startswith("wrote")
