@@ -687,6 +687,9 @@ def main() -> None:
     parser.add_argument("--ctx", type=int, default=4096, help="context per slot")
     parser.add_argument("--max-tokens", type=int, default=64, help="per generation (a call takes about 40)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--server-arg", action="append", default=[], help="one more `toolstudio run` flag, e.g. --server-arg=--spec"
+    )
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
     parser.add_argument("--logs", type=Path, help="keep the servers' logs and records in this directory")
     args = parser.parse_args()
@@ -700,7 +703,7 @@ def main() -> None:
     turns: dict[str, list[Turn]] = {"ours": [], "before": [], "llama": []}
     cold: dict[str, list[float]] = {"ours": [], "llama": []}
     flags = ("--model", str(args.model), "--threads", str(args.threads), "--parallel", str(args.slots),
-             "-c", str(args.ctx))  # fmt: skip
+             "-c", str(args.ctx), *args.server_arg)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         logs = args.logs or home

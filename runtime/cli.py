@@ -66,6 +66,23 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="N",
         help="model layers to put on the GPU (default -1: all; 0: none); ignored by a CPU-only llama.cpp build",
     )
+    run.add_argument(
+        "--model-draft",
+        "-md",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="speculative decoding with this small GGUF as the draft (it must share the model's vocabulary)",
+    )
+    run.add_argument(
+        "--spec",
+        choices=["ngram"],
+        default=None,
+        help="speculative decoding without a draft model: ngram drafts from the text so far (prompt lookup)",
+    )
+    run.add_argument(
+        "--draft-max", type=positive, default=8, help="most draft tokens per sequence and step (speculative decoding)"
+    )
     run.add_argument("--parallel", "-np", type=positive, default=4, help="requests decoded together (slots)")
     run.add_argument("--max-queue", type=at_least(0), default=64, help="requests allowed to wait for a slot")
     run.add_argument("--max-n", type=positive, default=8, help="most choices one request may ask for (OpenAI's n)")
@@ -378,6 +395,14 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         if not mmproj.is_file():
             return fail(f"mmproj file not found: {mmproj}")
         check_gguf(mmproj)
+    if args.model_draft is not None and args.spec is not None:
+        return fail("--model-draft and --spec ngram are two ways to draft: choose one")
+    if args.model_draft is not None:
+        if upstream is not None:
+            return fail("--model-draft needs a local model, not --upstream")
+        if not args.model_draft.is_file():
+            return fail(f"--model-draft: no such file: {args.model_draft}")
+        check_gguf(args.model_draft)
     engine = EngineConfig(
         model_path=model_path,
         ctx_size=args.ctx_size,
@@ -392,6 +417,9 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         tool_format=args.tool_format,
         mmproj_path=mmproj,
         n_gpu_layers=args.n_gpu_layers,
+        draft_model_path=args.model_draft,
+        spec_ngram=args.spec == "ngram",
+        draft_max=args.draft_max,
     )
     config = ServerConfig(
         engine=engine,

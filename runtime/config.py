@@ -46,6 +46,11 @@ class EngineConfig:
     # Layers whose weights go to the GPU in a CUDA/Metal/Vulkan build of llama.cpp: -1 all of them,
     # 0 none. A CPU-only build ignores it. -1 fails to load when the model does not fit: then name N.
     n_gpu_layers: int = -1
+    # Speculative decoding (runtime/engine/speculative.py): a draft model sharing the vocabulary
+    # (`--model-draft`), or n-gram prompt lookup (`--spec ngram`); at most `draft_max` tokens a step.
+    draft_model_path: Path | None = None
+    spec_ngram: bool = False
+    draft_max: int = 8
 
     @property
     def thread_count(self) -> int:

@@ -27,6 +27,8 @@ class EngineStats:
     slots: int
     threads: int = 0  # decode threads in use now
     host_cache_bytes: int = 0  # KV of evicted conversations kept in RAM
+    draft_tokens: int = 0  # speculative decoding, since start: draft tokens verified
+    draft_tokens_accepted: int = 0  # ... and kept (the same as the model's own next token)
 
 
 class Engine(Protocol):

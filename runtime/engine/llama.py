@@ -147,6 +147,8 @@ class LlamaEngine:
             slots=len(scheduler.slots),
             threads=scheduler.governor.current if scheduler.governor is not None else scheduler.threads,
             host_cache_bytes=cache.used if cache is not None else 0,
+            draft_tokens=scheduler.drafted,
+            draft_tokens_accepted=scheduler.accepted,
         )
 
     def drain(self) -> None:

@@ -66,10 +66,14 @@ class SamplerParams:
 class GrammarMatcher:
     """A compiled grammar and its parse state; checks and accepts single tokens safely."""
 
-    def __init__(self, vocab: llama_cpp.llama_vocab_p, gbnf: str) -> None:
-        self.sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+    def __init__(
+        self, vocab: llama_cpp.llama_vocab_p, gbnf: str | None, *, state: llama_cpp.llama_sampler_p = None
+    ) -> None:
+        # `state`: an existing grammar sampler to own instead of compiling `gbnf` (see `copy`).
+        self.sampler = state or llama_cpp.llama_sampler_init_grammar(vocab, (gbnf or "").encode(), b"root")
         if not self.sampler:
             raise InvalidRequest("the output grammar could not be compiled", param="response_format")
+        self.vocab = vocab
         self._one = llama_cpp.llama_token_data(0, 0.0, 0.0)
         self._one_array = llama_cpp.llama_token_data_array(ctypes.pointer(self._one), 1, -1, False)
 
@@ -79,6 +83,10 @@ class GrammarMatcher:
         self._one_array.size, self._one_array.selected = 1, -1
         llama_cpp.llama_sampler_apply(self.sampler, ctypes.byref(self._one_array))
         return self._one_array.data[0].logit != -math.inf
+
+    def copy(self) -> GrammarMatcher:
+        """An independent matcher in the same parse state (to try tokens without moving this one)."""
+        return GrammarMatcher(self.vocab, None, state=llama_cpp.llama_sampler_clone(self.sampler))
 
     def accept(self, token: int) -> None:
         # Only ever called with a token `allows` approved: accepting anything else makes
@@ -190,6 +198,21 @@ class SamplerChain:
             log.warning("the grammar allows no next token; ending the output")
             return llama_cpp.llama_vocab_eos(self.vocab)
         return self._accept(token)
+
+    def grammar_allows(self, tokens: list[int]) -> int:
+        """How many of `tokens`, in order, the grammar would accept from its current state (all
+        of them without an active grammar). Checked on a copy: the real state does not move."""
+        if self.grammar is None:
+            return len(tokens)
+        probe = self.grammar.copy()
+        try:
+            for allowed, token in enumerate(tokens):
+                if llama_cpp.llama_vocab_is_eog(self.vocab, token) or not probe.allows(token):
+                    return allowed
+                probe.accept(token)
+            return len(tokens)
+        finally:
+            probe.close()
 
     def accept_forced(self, token: int) -> None:
         """A token the engine put in the output itself: keep penalties, a lazy grammar's

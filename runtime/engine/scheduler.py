@@ -30,6 +30,16 @@ from runtime.config import EngineConfig
 from runtime.engine.kvcache import HostCache, common_prefix
 from runtime.engine.model import LlamaModel
 from runtime.engine.sampler import SamplerChain, SamplerParams, token_logprobs
+from runtime.engine.speculative import (
+    PRIOR_ACCEPTANCE,
+    Drafter,
+    DraftLength,
+    DraftModel,
+    DraftWant,
+    NgramDrafter,
+    measure_row_costs,
+    update_acceptance,
+)
 from runtime.engine.threads import ThreadGovernor
 from runtime.engine.vision import MediaChunk, Projector, is_placeholder
 from runtime.errors import EngineFailure, ModelNotReady, Overloaded, ToolstudioError
@@ -122,6 +132,9 @@ class Slot:
     cached: int = 0
     batch_index: int = -1
     released_at: float = 0.0
+    draft: list[int] = field(default_factory=list)  # decoded after next_token this step, to verify
+    acceptance: float = PRIOR_ACCEPTANCE  # of this job's drafts so far (moving average)
+    undrafted: int = 0  # steps since this job's last draft
 
 
 class Scheduler:
@@ -164,6 +177,11 @@ class Scheduler:
             raise EngineFailure("llama.cpp could not create a context (out of memory?)")
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(config.batch_size, 0, 1)
+        self.drafter: Drafter | None = None
+        self.draft_length: DraftLength | None = None
+        self.drafted = self.accepted = 0  # draft tokens proposed and kept, since start
+        if config.draft_model_path is not None or config.spec_ngram:
+            self._start_speculation(config)
 
         self.host_cache = HostCache(config.cache_ram_mib << 20) if config.cache_ram_mib > 0 else None
         self.slots = [Slot(seq_id=i) for i in range(config.parallel)]
@@ -175,6 +193,25 @@ class Scheduler:
         self._draining = False
         self._thread = threading.Thread(target=self._run, name="llama-decode", daemon=True)
         self._thread.start()
+
+    def _start_speculation(self, config: EngineConfig) -> None:
+        model = self.model.model
+        if llama_cpp.llama_model_is_recurrent(model) or llama_cpp.llama_model_is_hybrid(model):
+            # A recurrent state cannot drop the positions of rejected draft tokens.
+            log.warning("speculative decoding is off: this model's memory is recurrent")
+            return
+        rows = min(config.draft_max, config.batch_size - 1) + 1
+        cost = measure_row_costs(self.ctx, self.memory, self.batch, 0, rows, context=min(64, config.batch_size))
+        self.draft_length = DraftLength(cost)
+        log.info(
+            "speculative decoding with %s, at most %d draft tokens a step; decode cost of 1 + k rows: %s",
+            f"the draft model {config.draft_model_path.name}" if config.draft_model_path else "n-gram prompt lookup",
+            rows - 1,
+            " ".join(f"{c:.2f}" for c in cost),
+        )
+        self.drafter = (
+            DraftModel(config.draft_model_path, self.model, config) if config.draft_model_path else NgramDrafter()
+        )
 
     # -- requester side (any thread) --------------------------------------------------
 
@@ -214,6 +251,8 @@ class Scheduler:
         llama_cpp.llama_batch_free(self.batch)
         llama_cpp.llama_free(self.ctx)
         self.ctx = None
+        if self.drafter is not None:
+            self.drafter.close()
 
     # -- worker thread ------------------------------------------------------------------
 
@@ -273,6 +312,7 @@ class Scheduler:
             slot.tokens = job.prompt[:keep]
             slot.todo = job.prompt[keep:]
             slot.job, slot.cached, slot.generated, slot.next_token = job, keep, 0, None
+            slot.draft, slot.acceptance, slot.undrafted = [], PRIOR_ACCEPTANCE, 0
             job.cached = keep
             job.admitted = next(self._admissions)
             slot.scope = job.scope
@@ -347,7 +387,7 @@ class Scheduler:
         job = slot.job
         if slot.sampler is not None:
             slot.sampler.close()
-        slot.job, slot.sampler, slot.todo, slot.next_token = None, None, [], None
+        slot.job, slot.sampler, slot.todo, slot.next_token, slot.draft = None, None, [], None, []
         slot.released_at = time.monotonic()
         if job is not None:
             job.deliver(Done(reason, cached_tokens=slot.cached, error=error))
@@ -368,20 +408,28 @@ class Scheduler:
             slot.batch_index = -1
             if slot.job is not None and slot.job.cancelled:
                 self._release(slot, "cancelled")
-        # Generating sequences first: one token each, so streams never stall behind a prefill.
+        # Generating sequences first: one token each (and its draft, when speculating), so
+        # streams never stall behind a prefill.
+        generating = []
         for slot in self.slots:
             if slot.job is None or slot.next_token is None:
                 continue
             if slot.job.inject:
                 self._inject(slot)  # decoded below, with the prompts
                 continue
-            if self.determinism == "full":
-                n = self._pad(n, slot)
-            self._add(n, slot.next_token, len(slot.tokens), slot.seq_id, True)
-            slot.tokens.append(slot.next_token)
-            slot.next_token = None
+            generating.append(slot)
+        if self.drafter is not None:
+            self._draft(generating)
+        for slot in generating:
+            assert slot.next_token is not None
+            if self.determinism == "full" and len(slot.draft) % 2 == 0:
+                n = self._pad(n, slot)  # 1 + draft rows, made even
             slot.batch_index = n
-            n += 1
+            for token in (slot.next_token, *slot.draft):
+                self._add(n, token, len(slot.tokens), slot.seq_id, True)
+                slot.tokens.append(token)
+                n += 1
+            slot.next_token = None
         # Then prompts, in submission order. Prefill costs about the same per token however
         # it is batched (on CPU), so under contention a step takes one chunk of the oldest
         # prompt and only those next prompts that fit whole in what is left of the chunk.
@@ -426,6 +474,33 @@ class Scheduler:
         for slot in self.slots:
             if slot.batch_index >= 0 and slot.job is not None:
                 self._sample(slot)
+
+    def _draft(self, slots: list[Slot]) -> None:
+        """Give each generating slot its draft for this step (`Slot.draft`): as long as its
+        acceptance makes pay (`DraftLength`), within its max_tokens, its context and the batch,
+        and cut where the slot's grammar would reject it."""
+        assert self.drafter is not None and self.draft_length is not None
+        room = self.batch_size - 2 * len(slots)  # prompts and padding keep some of the batch
+        wants = []
+        for slot in slots:
+            job = slot.job
+            assert job is not None and slot.next_token is not None
+            k = self.draft_length.choose(slot.acceptance, slot.undrafted)
+            k = min(k, job.max_tokens - slot.generated - 1, self.ctx_size - len(slot.tokens) - 2, max(room, 0))
+            if job.media and isinstance(self.drafter, DraftModel):
+                k = 0  # the draft model cannot see the images (placeholders are not its tokens)
+            room -= max(k, 0)
+            wants.append(DraftWant(slot.seq_id, job, [*slot.tokens, slot.next_token], max(k, 0)))
+        try:
+            drafts = self.drafter.propose(wants)
+        except EngineFailure:
+            log.warning("drafting failed; this step decodes without drafts", exc_info=True)
+            drafts = [[] for _ in wants]
+        for slot, draft in zip(slots, drafts, strict=True):
+            assert slot.sampler is not None
+            # An n-gram continuation can run into an image's placeholders: never a token to sample.
+            draft = list(itertools.takewhile(lambda t: not is_placeholder(t), draft))
+            slot.draft = draft[: slot.sampler.grammar_allows(draft)] if draft else []
 
     def _can_pad(self, slot: Slot) -> bool:
         return self.determinism != "off" and bool(slot.tokens) and not is_placeholder(slot.tokens[-1])
@@ -488,19 +563,39 @@ class Scheduler:
             self._release(slot, "length")
 
     def _sample(self, slot: Slot) -> None:
-        job = slot.job
+        """Sample the slot's rows of this step in order: the token after the one decoded, then,
+        for each draft token that equals what was sampled before it, the token after that one.
+        The KV of draft tokens not kept is removed (see speculative.py)."""
+        job, draft = slot.job, slot.draft
         assert job is not None and slot.sampler is not None
-        token = slot.sampler.sample(self.ctx, slot.batch_index)
-        if self.model.is_eog(token):
-            self._release(slot, "eog")
-            return
-        slot.generated += 1
-        if job.logprobs is None:
-            job.deliver(Token(token, self.model.piece(token)))
-        else:
-            logprob, top = token_logprobs(self.ctx, slot.batch_index, self.model.n_vocab, token, job.logprobs)
-            job.deliver(Token(token, self.model.piece(token), logprob, tuple(top)))
-        if slot.generated >= job.max_tokens or len(slot.tokens) + 1 >= self.ctx_size:
-            self._release(slot, "length")
-        else:
-            slot.next_token = token
+        slot.draft = []
+        decoded = len(slot.tokens) - len(draft)  # KV positions that hold accepted tokens
+        stop: StopReason | None = None
+        kept = 0
+        for row in range(slot.batch_index, slot.batch_index + len(draft) + 1):
+            token = slot.sampler.sample(self.ctx, row)
+            if self.model.is_eog(token):
+                stop = "eog"
+                break
+            slot.generated += 1
+            if job.logprobs is None:
+                job.deliver(Token(token, self.model.piece(token)))
+            else:
+                logprob, top = token_logprobs(self.ctx, row, self.model.n_vocab, token, job.logprobs)
+                job.deliver(Token(token, self.model.piece(token), logprob, tuple(top)))
+            if slot.generated >= job.max_tokens or decoded + kept + 1 >= self.ctx_size:
+                stop = "length"
+                break
+            if kept == len(draft) or token != draft[kept]:
+                slot.next_token = token
+                break
+            kept += 1  # the draft token is the one sampled: its KV (and logits) are right
+        if draft:
+            self.drafted += len(draft)
+            self.accepted += kept
+            llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, decoded + kept, -1)
+            del slot.tokens[decoded + kept :]
+        slot.acceptance = update_acceptance(slot.acceptance, len(draft), kept)
+        slot.undrafted = 0 if draft else slot.undrafted + 1
+        if stop is not None:
+            self._release(slot, stop)
