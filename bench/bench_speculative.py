@@ -7,8 +7,10 @@ scheduler without speculation and against raw llama.cpp (bench/raw.py) on the sa
   ngram             --spec ngram, draft length chosen from this machine's measured costs
   ngram-always      n-gram drafts of up to --draft-max tokens at every step (cost table
                     flattened): what adaptivity saves where drafting cannot pay
-  draft-self        --model-draft with the packaged model as its own draft: acceptance ~1,
-                    so the row shows what verification and drafting cost
+  draft-self        --model-draft with the packaged model as its own draft (drafting costs
+                    as much as decoding, so the measured costs should choose no drafts)
+  draft-self-always the same, drafting at every step: acceptance ~1, so the row shows what
+                    verification and drafting cost
 
 Workloads: "edit" (print code again with a rename: output repeats the prompt), "json" (repeat a
 JSON record with one change) and "prose" (a story: little to look up).
@@ -114,6 +116,7 @@ def main() -> None:
         "ngram": dataclasses.replace(base, spec_ngram=True),
         "ngram-always": dataclasses.replace(base, spec_ngram=True),
         "draft-self": dataclasses.replace(base, draft_model_path=model.path),
+        "draft-self-always": dataclasses.replace(base, draft_model_path=model.path),
     }
     results: dict[tuple[str, str], list[float]] = {}
     accepted: dict[tuple[str, str], tuple[int, int, int]] = {}  # drafted, kept, tokens
@@ -123,7 +126,7 @@ def main() -> None:
         sched = Scheduler(model, config)
         if sched.draft_length is not None:
             cost = sched.draft_length.cost
-            if name == "ngram-always":
+            if name.endswith("-always"):
                 sched.draft_length = DraftLength([1.0] * len(cost))
         schedulers[name] = sched
     raw: dict[str, list[float]] = {w: [] for w in WORKLOADS}
@@ -147,8 +150,8 @@ def main() -> None:
         f"median of {args.runs} runs; draft-max {args.draft_max}"
     )
     print("measured decode cost of 1 + k rows: " + " ".join(f"{c:.2f}" for c in cost) + "\n")
-    print("| workload | path         | tokens/s | vs plain | vs raw | drafted | kept | acceptance | tokens/step |")
-    print("|----------|--------------|----------|----------|--------|---------|------|------------|-------------|")
+    print("| workload | path              | tokens/s | vs plain | vs raw | drafted | kept | acceptance | tokens/step |")
+    print("|----------|-------------------|----------|----------|--------|---------|------|------------|-------------|")
     for workload in WORKLOADS:
         raw_tps = statistics.median(raw[workload])
         plain = statistics.median(results[(workload, "plain")])
@@ -159,10 +162,10 @@ def main() -> None:
             steps = produced - kept  # each step yields one sampled token plus the draft tokens kept
             per_step = f"{produced / steps:.2f}" if steps else "-"
             print(
-                f"| {workload:<8} | {name:<12} | {tps:>8.1f} | {tps / plain:>8.2f} | {tps / raw_tps:>6.2f} "
+                f"| {workload:<8} | {name:<17} | {tps:>8.1f} | {tps / plain:>8.2f} | {tps / raw_tps:>6.2f} "
                 f"| {drafted:>7} | {kept:>4} | {rate:>10} | {per_step:>11} |"
             )
-        print(f"| {workload:<8} | raw llama.cpp | {raw_tps:>7.1f} | {raw_tps / plain:>8.2f} | {1:>6.2f} | | | | |")
+        print(f"| {workload:<8} | raw llama.cpp     | {raw_tps:>7.1f} | {raw_tps / plain:>8.2f} | {1:>6.2f} | | | | |")
 
 
 if __name__ == "__main__":

@@ -31,14 +31,13 @@ from runtime.engine.kvcache import HostCache, common_prefix
 from runtime.engine.model import LlamaModel
 from runtime.engine.sampler import SamplerChain, SamplerParams, token_logprobs
 from runtime.engine.speculative import (
-    PRIOR_ACCEPTANCE,
+    Acceptance,
     Drafter,
     DraftLength,
     DraftModel,
     DraftWant,
     NgramDrafter,
     measure_row_costs,
-    update_acceptance,
 )
 from runtime.engine.threads import ThreadGovernor
 from runtime.engine.vision import MediaChunk, Projector, is_placeholder
@@ -133,7 +132,7 @@ class Slot:
     batch_index: int = -1
     released_at: float = 0.0
     draft: list[int] = field(default_factory=list)  # decoded after next_token this step, to verify
-    acceptance: float = PRIOR_ACCEPTANCE  # of this job's drafts so far (moving average)
+    acceptance: Acceptance = field(default_factory=Acceptance)  # of this job's drafts so far
     undrafted: int = 0  # steps since this job's last draft
 
 
@@ -201,16 +200,16 @@ class Scheduler:
             log.warning("speculative decoding is off: this model's memory is recurrent")
             return
         rows = min(config.draft_max, config.batch_size - 1) + 1
-        cost = measure_row_costs(self.ctx, self.memory, self.batch, 0, rows, context=min(64, config.batch_size))
-        self.draft_length = DraftLength(cost)
+        times = measure_row_costs(self.ctx, self.memory, self.batch, 0, rows, context=min(64, config.batch_size))
+        drafter = DraftModel(config.draft_model_path, self.model, config) if config.draft_model_path else NgramDrafter()
+        per_draft_token = drafter.row_seconds if isinstance(drafter, DraftModel) else 0.0
+        cost = [(t + k * per_draft_token) / times[0] for k, t in enumerate(times)]
+        self.drafter, self.draft_length = drafter, DraftLength(cost)
         log.info(
-            "speculative decoding with %s, at most %d draft tokens a step; decode cost of 1 + k rows: %s",
+            "speculative decoding with %s, at most %d draft tokens a step; cost of a step with k draft tokens: %s",
             f"the draft model {config.draft_model_path.name}" if config.draft_model_path else "n-gram prompt lookup",
             rows - 1,
             " ".join(f"{c:.2f}" for c in cost),
-        )
-        self.drafter = (
-            DraftModel(config.draft_model_path, self.model, config) if config.draft_model_path else NgramDrafter()
         )
 
     # -- requester side (any thread) --------------------------------------------------
@@ -312,7 +311,7 @@ class Scheduler:
             slot.tokens = job.prompt[:keep]
             slot.todo = job.prompt[keep:]
             slot.job, slot.cached, slot.generated, slot.next_token = job, keep, 0, None
-            slot.draft, slot.acceptance, slot.undrafted = [], PRIOR_ACCEPTANCE, 0
+            slot.draft, slot.acceptance, slot.undrafted = [], Acceptance(), 0
             job.cached = keep
             job.admitted = next(self._admissions)
             slot.scope = job.scope
@@ -485,7 +484,7 @@ class Scheduler:
         for slot in slots:
             job = slot.job
             assert job is not None and slot.next_token is not None
-            k = self.draft_length.choose(slot.acceptance, slot.undrafted)
+            k = self.draft_length.choose(slot.acceptance.rate, slot.undrafted)
             k = min(k, job.max_tokens - slot.generated - 1, self.ctx_size - len(slot.tokens) - 2, max(room, 0))
             if job.media and isinstance(self.drafter, DraftModel):
                 k = 0  # the draft model cannot see the images (placeholders are not its tokens)
@@ -595,7 +594,7 @@ class Scheduler:
             self.accepted += kept
             llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, decoded + kept, -1)
             del slot.tokens[decoded + kept :]
-        slot.acceptance = update_acceptance(slot.acceptance, len(draft), kept)
+        slot.acceptance.update(len(draft), kept)
         slot.undrafted = 0 if draft else slot.undrafted + 1
         if stop is not None:
             self._release(slot, stop)

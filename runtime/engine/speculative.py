@@ -16,8 +16,9 @@ Drafters (llama-server's names in brackets):
   it is unsure (top probability under `P_MIN`, as `--draft-p-min`).
 
 `DraftLength` picks each sequence's k per step from the measured cost of decoding 1 + k rows
-(`measure_row_costs`) and the acceptance the sequence has shown so far: k = 0, plain
-decoding, whenever no k is expected to yield more tokens per second.
+(`measure_row_costs`, plus k steps of a draft model) and the acceptance the sequence has shown
+so far (`Acceptance`): k = 0, plain decoding, whenever no k is expected to yield more tokens
+per second.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ log = logging.getLogger(__name__)
 
 NGRAM_SIZES = (4, 3, 2)  # longest first: a longer match predicts better
 P_MIN = 0.75  # a draft model stops drafting below this top probability (llama-server's default)
-PRIOR_ACCEPTANCE = 0.8  # assumed before a sequence has shown any (one bad draft brings it down)
-ACCEPTANCE_MEMORY = 0.7  # weight of the old rate in the moving average, per verified draft
+# Acceptance before a sequence has shown any: worth 4 kept tokens and 1 rejection (0.8).
+PRIOR_KEPT, PRIOR_REJECTED = 4.0, 1.0
+ACCEPTANCE_MEMORY = 0.8  # weight of what was seen before, per verified draft
 # A sequence whose drafts stopped paying drafts again after this many steps without one, as if
 # its acceptance were PROBE_ACCEPTANCE: output changes character (prose, then a quoted block).
 # The most such probes can cost a sequence that never gains is (cost[k] - 1) / PROBE_EVERY.
@@ -137,6 +139,8 @@ class DraftModel:
         self.batch = llama_cpp.llama_batch_init(config.batch_size, 0, 1)
         self.n_vocab = self.model.n_vocab
         self.tokens: dict[int, list[int]] = {}  # what each sequence's KV holds
+        # One draft token costs about one decode of one row of the draft model.
+        self.row_seconds = measure_row_costs(self.ctx, self.memory, self.batch, 0, 1, min(64, config.batch_size))[0]
 
     def propose(self, wants: Sequence[DraftWant]) -> list[list[int]]:
         drafts: list[list[int]] = [[] for _ in wants]
@@ -227,10 +231,11 @@ def _vocab_mismatch(draft: LlamaModel, target: LlamaModel) -> str | None:
 def measure_row_costs(
     ctx: llama_cpp.llama_context_p, memory: object, batch: object, seq_id: int, rows: int, context: int = 64
 ) -> list[float]:
-    """Time one `llama_decode` of r = 1..`rows` rows of one sequence (best of MEASURE_REPEATS,
-    after a `context`-token prompt, both at most the batch's size; the KV is removed afterwards). Returns cost[k] = time(1 + k rows) /
-    time(1 row), made non-decreasing from the right: a k measured dearer than a longer draft is
-    noise (a preempted run), since the longer draft could always be sent instead."""
+    """Seconds for one `llama_decode` of r = 1..`rows` rows of one sequence (best of
+    MEASURE_REPEATS, after a `context`-token prompt, both at most the batch's size; the KV is
+    removed afterwards): times[k] for 1 + k rows, made non-decreasing from the right: a k
+    measured dearer than a longer draft is noise (a preempted run), since the longer draft
+    could always be sent instead."""
     _fill(batch, list(range(context)), 0, seq_id, logits=False)
     if llama_cpp.llama_decode(ctx, batch) != 0:
         raise EngineFailure("llama_decode failed while measuring draft costs")
@@ -249,7 +254,7 @@ def measure_row_costs(
     llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
     for k in range(len(times) - 2, -1, -1):
         times[k] = min(times[k], times[k + 1])
-    return [t / times[0] for t in times]
+    return times
 
 
 def _fill(batch: object, tokens: list[int], pos: int, seq_id: int, *, logits: bool) -> None:
@@ -262,7 +267,8 @@ def _fill(batch: object, tokens: list[int], pos: int, seq_id: int, *, logits: bo
 class DraftLength:
     """Each step's draft length: the k (0..max) that maximises expected tokens per unit of
     decode time, E(k) / cost[k], where E(k) = 1 + a + … + a^k for acceptance rate a (each draft
-    token is kept only if every one before it was). k = 0 when no draft pays."""
+    token is kept only if every one before it was) and cost[k] the time of a step with k draft
+    tokens (drafting them included) over that of a plain step. k = 0 when no draft pays."""
 
     def __init__(self, cost: Sequence[float]) -> None:
         self.cost = list(cost)
@@ -285,8 +291,24 @@ class DraftLength:
         return best
 
 
-def update_acceptance(rate: float, drafted: int, accepted: int) -> float:
-    """The moving acceptance rate after a step that drafted `drafted` tokens and kept `accepted`."""
-    if drafted <= 0:
-        return rate
-    return ACCEPTANCE_MEMORY * rate + (1 - ACCEPTANCE_MEMORY) * accepted / drafted
+@dataclass(slots=True)
+class Acceptance:
+    """A sequence's chance that a draft token is kept given the one before it was: the `a` of
+    `DraftLength`. Each kept token counts as a success and a draft cut short as one failure;
+    the tokens after the cut were never tried, so they count as nothing. (Kept over drafted
+    would be wrong for n-gram drafts, which are right or wrong as a whole: a draft that is
+    kept 5 tokens deep and cut at the 6th of 8 says 5/6 about the next token, not 5/8.)
+    Old drafts fade by ACCEPTANCE_MEMORY per draft, so the rate follows the output."""
+
+    kept: float = PRIOR_KEPT
+    rejected: float = PRIOR_REJECTED
+
+    @property
+    def rate(self) -> float:
+        return self.kept / (self.kept + self.rejected)
+
+    def update(self, drafted: int, kept: int) -> None:
+        if drafted <= 0:
+            return
+        self.kept = ACCEPTANCE_MEMORY * self.kept + kept
+        self.rejected = ACCEPTANCE_MEMORY * self.rejected + (1 if kept < drafted else 0)

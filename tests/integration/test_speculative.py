@@ -24,7 +24,7 @@ from runtime.engine.grammar import schema_grammar
 from runtime.engine.model import LlamaModel, ModelLoadError
 from runtime.engine.sampler import SamplerChain, SamplerParams
 from runtime.engine.scheduler import Scheduler, SequenceJob
-from runtime.engine.speculative import DraftLength, DraftWant, NgramDrafter
+from runtime.engine.speculative import Acceptance, DraftLength, DraftWant, NgramDrafter
 from runtime.model_source import embedded_model
 from tests.integration.test_scheduler import GREEDY, Collector, prompt
 from tests.servers import CliServer, cli, free_port, one_line_error, toolstudio
@@ -264,3 +264,20 @@ def test_draft_flags_are_checked_before_loading(tmp_path: Path) -> None:
     assert "choose one" in one_line_error(both)
     missing = cli("run", "--model-draft", str(tmp_path / "nope.gguf"), "-p", str(free_port()), home=tmp_path)
     assert "--model-draft" in one_line_error(missing)
+
+
+def test_acceptance_counts_a_cut_draft_as_one_failure() -> None:
+    # n-gram drafts are right or wrong as a whole: 8 drafted, 5 kept, then cut, is 5 successes
+    # and 1 failure (the 3 after the cut were never tried), so the rate stays high.
+    seen = Acceptance(kept=0.0, rejected=0.0)
+    seen.update(drafted=8, kept=5)
+    assert seen.rate == 5 / 6
+    seen.update(drafted=8, kept=8)
+    assert seen.rate > 5 / 6
+    wrong = Acceptance()
+    for _ in range(8):
+        wrong.update(drafted=4, kept=0)
+    assert wrong.rate < 0.2  # the prior's 0.8 fades in a few drafts
+    before = wrong.rate
+    wrong.update(drafted=0, kept=0)  # no draft: nothing learned
+    assert wrong.rate == before
