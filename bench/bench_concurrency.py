@@ -346,6 +346,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300, help="seconds per request")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     parser.add_argument("--logs", type=Path, help="keep both servers' logs in this directory")
+    parser.add_argument("--server-arg", action="append", default=[], help="one more `toolstudio run` flag (repeatable)")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
     if max(counts) > args.slots:
@@ -377,7 +378,7 @@ def main() -> None:
 
         ours: dict[int, Result] = {}
         server_args = ("--model", str(args.model), "--threads", str(args.threads), "--parallel", str(args.slots),
-                       "-c", str(args.ctx), *gpu)  # fmt: skip
+                       "-c", str(args.ctx), *gpu, *args.server_arg)  # fmt: skip
         # Should the server die (a first GPU run crashed while loading the model), once more
         # without uvloop and with big thread stacks; the table heading says so.
         for variant in ({}, {"BENCH_NO_UVLOOP": "1", "BENCH_THREAD_STACK_MIB": "256"}):

@@ -67,6 +67,13 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="model layers to put on the GPU (default -1: all; 0: none); ignored by a CPU-only llama.cpp build",
     )
     run.add_argument(
+        "--determinism",
+        choices=["off", "prompt", "full"],
+        default=None,
+        help="greedy output independent of the prompt cache (prompt, the CPU default), also of batching "
+        "(full: slower), or llama.cpp's fastest kernels (off, the GPU default); see the README",
+    )
+    run.add_argument(
         "--model-draft",
         "-md",
         type=Path,
@@ -420,6 +427,7 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         draft_model_path=args.model_draft,
         spec_ngram=args.spec == "ngram",
         draft_max=args.draft_max,
+        determinism=args.determinism,
     )
     config = ServerConfig(
         engine=engine,

@@ -51,6 +51,9 @@ class EngineConfig:
     draft_model_path: Path | None = None
     spec_ngram: bool = False
     draft_max: int = 8
+    # `--determinism`: how far greedy/seeded output is kept independent of batching and the
+    # prompt cache (runtime/engine/scheduler.py, DETERMINISM); None: "prompt" on a CPU-only build.
+    determinism: Literal["off", "prompt", "full"] | None = None
 
     @property
     def thread_count(self) -> int:

@@ -165,12 +165,15 @@ class Scheduler:
         params.n_threads = threads
         params.n_threads_batch = threads
         params.kv_unified = False  # each slot owns ctx_size tokens: one request cannot starve another
-        self.determinism: Determinism = determinism or DETERMINISM or ("off" if model.gpu_offload else "prompt")
+        self.determinism: Determinism = (
+            determinism or config.determinism or DETERMINISM or ("off" if model.gpu_offload else "prompt")
+        )
         off = self.determinism == "off"
         params.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO if off else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         params.no_perf = True
+        log.info("determinism %s: flash attention %s", self.determinism, "as llama.cpp chooses" if off else "off")
         self.ctx = llama_cpp.llama_init_from_model(model.model, params)
         if not self.ctx:
             raise EngineFailure("llama.cpp could not create a context (out of memory?)")

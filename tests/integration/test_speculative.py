@@ -234,6 +234,7 @@ def test_draft_length_drafts_only_when_it_pays() -> None:
 def spec_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
     home = tmp_path_factory.mktemp("speculative")
     args = ("--threads", "2", "--parallel", "2", "--temp", "0", "--spec", "ngram", "--draft-max", "4")
+    args += ("--determinism", "full")
     server = CliServer(home, args=args).start()
     yield server
     server.stop()
@@ -257,6 +258,7 @@ def test_spec_ngram_serves_chat_and_structured_output_and_counts_drafts(spec_ser
     found = re.search(r"^toolstudio_draft_tokens (\S+)$", metrics, re.MULTILINE)
     assert found is not None
     assert "speculative decoding with n-gram prompt lookup" in spec_server.log()
+    assert "determinism full" in spec_server.log()
 
 
 def test_draft_flags_are_checked_before_loading(tmp_path: Path) -> None:
