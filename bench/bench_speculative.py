@@ -120,14 +120,12 @@ def main() -> None:
     }
     results: dict[tuple[str, str], list[float]] = {}
     accepted: dict[tuple[str, str], tuple[int, int, int]] = {}  # drafted, kept, tokens
-    cost: list[float] = []
+    costs: dict[str, str] = {}
     schedulers = {}
     for name, config in configs.items():
         sched = Scheduler(model, config)
-        if sched.draft_length is not None:
-            cost = sched.draft_length.cost
-            if name.endswith("-always"):
-                sched.draft_length = DraftLength([1.0] * len(cost))
+        if sched.draft_length is not None and name.endswith("-always"):
+            sched.draft_length = DraftLength([1.0] * len(sched.draft_length.cost))
         schedulers[name] = sched
     raw: dict[str, list[float]] = {w: [] for w in WORKLOADS}
     try:
@@ -141,6 +139,10 @@ def main() -> None:
                     results.setdefault((workload, name), []).append(tps)
                     d, k, t = accepted.get((workload, name), (0, 0, 0))
                     accepted[(workload, name)] = (d + sched.drafted - drafted, k + sched.accepted - kept, t + produced)
+        for name in ("ngram", "draft-self"):
+            length = schedulers[name].draft_length
+            assert length is not None
+            costs[name] = f"{' '.join(f'{c:.2f}' for c in length.cost)} (step overhead {length.overhead * 1000:.1f} ms)"
     finally:
         for sched in schedulers.values():
             sched.close()
@@ -149,7 +151,9 @@ def main() -> None:
         f"\nSmolLM2-135M, {args.threads} threads, greedy, {args.tokens} tokens, one request at a time, "
         f"median of {args.runs} runs; draft-max {args.draft_max}"
     )
-    print("measured decode cost of 1 + k rows: " + " ".join(f"{c:.2f}" for c in cost) + "\n")
+    for name, cost in costs.items():
+        print(f"{name}: cost of a step with k = 0..{args.draft_max} draft tokens, as the scheduler learnt it: {cost}")
+    print()
     print("| workload | path              | tokens/s | vs plain | vs raw | drafted | kept | acceptance | tokens/step |")
     print("|----------|-------------------|----------|----------|--------|---------|------|------------|-------------|")
     for workload in WORKLOADS:

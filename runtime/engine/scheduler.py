@@ -206,13 +206,12 @@ class Scheduler:
         times = measure_row_costs(self.ctx, self.memory, self.batch, 0, rows, context=min(64, config.batch_size))
         drafter = DraftModel(config.draft_model_path, self.model, config) if config.draft_model_path else NgramDrafter()
         per_draft_token = drafter.row_seconds if isinstance(drafter, DraftModel) else 0.0
-        cost = [(t + k * per_draft_token) / times[0] for k, t in enumerate(times)]
-        self.drafter, self.draft_length = drafter, DraftLength(cost)
+        self.drafter, self.draft_length = drafter, DraftLength(times, per_draft_token)
         log.info(
-            "speculative decoding with %s, at most %d draft tokens a step; cost of a step with k draft tokens: %s",
+            "speculative decoding with %s, at most %d draft tokens a step; llama_decode of 1 + k rows (ms): %s",
             f"the draft model {config.draft_model_path.name}" if config.draft_model_path else "n-gram prompt lookup",
             rows - 1,
-            " ".join(f"{c:.2f}" for c in cost),
+            " ".join(f"{t * 1000:.1f}" for t in times),
         )
 
     # -- requester side (any thread) --------------------------------------------------
@@ -403,6 +402,7 @@ class Scheduler:
         batch.logits[n] = logits
 
     def _step(self) -> None:
+        started = time.perf_counter()
         if self.governor is not None and (threads := self.governor.poll()) is not None:
             llama_cpp.llama_set_n_threads(self.ctx, threads, threads)
         n = 0
@@ -420,8 +420,11 @@ class Scheduler:
                 self._inject(slot)  # decoded below, with the prompts
                 continue
             generating.append(slot)
+        drafting = 0.0
         if self.drafter is not None:
+            drafting = time.perf_counter()
             self._draft(generating)
+            drafting = time.perf_counter() - drafting
         for slot in generating:
             assert slot.next_token is not None
             if self.determinism == "full" and len(slot.draft) % 2 == 0:
@@ -470,12 +473,17 @@ class Scheduler:
         if n == 0:
             return
         self.batch.n_tokens = n
+        decoding = time.perf_counter()
         status = llama_cpp.llama_decode(self.ctx, self.batch)
+        decoding = time.perf_counter() - decoding
         if status != 0:
             raise EngineFailure(f"llama_decode returned {status}")
         for slot in self.slots:
             if slot.batch_index >= 0 and slot.job is not None:
                 self._sample(slot)
+        if self.draft_length is not None and len(generating) == 1 and not prefilling:
+            # A single stream's step: what it costs besides llama_decode and drafting.
+            self.draft_length.observe_overhead(time.perf_counter() - started - decoding - drafting)
 
     def _draft(self, slots: list[Slot]) -> None:
         """Give each generating slot its draft for this step (`Slot.draft`): as long as its

@@ -268,11 +268,29 @@ class DraftLength:
     """Each step's draft length: the k (0..max) that maximises expected tokens per unit of
     decode time, E(k) / cost[k], where E(k) = 1 + a + … + a^k for acceptance rate a (each draft
     token is kept only if every one before it was) and cost[k] the time of a step with k draft
-    tokens (drafting them included) over that of a plain step. k = 0 when no draft pays."""
+    tokens over that of a plain step. k = 0 when no draft pays.
 
-    def __init__(self, cost: Sequence[float]) -> None:
-        self.cost = list(cost)
-        self.max = len(self.cost) - 1
+    A step's time is its `llama_decode` of 1 + k rows (`decode_seconds[k]`, measured at start),
+    k tokens of a draft model (`draft_token_seconds` each) and the rest of the step (`overhead`:
+    sampling, delivering tokens, the Python around them), which the scheduler measures on its
+    real decode steps. The overhead matters: with a small model it is a good part of a step, and
+    it does not grow with k, so drafts pay sooner than the kernel times alone say."""
+
+    def __init__(self, decode_seconds: Sequence[float], draft_token_seconds: float = 0.0) -> None:
+        self.decode_seconds = list(decode_seconds)
+        self.draft_token_seconds = draft_token_seconds
+        self.max = len(self.decode_seconds) - 1
+        self.overhead = 0.0
+        self.cost = self._cost()
+
+    def observe_overhead(self, seconds: float) -> None:
+        """One plain decode step's time outside `llama_decode` (a moving average is kept)."""
+        self.overhead = seconds if self.overhead == 0.0 else 0.95 * self.overhead + 0.05 * seconds
+        self.cost = self._cost()
+
+    def _cost(self) -> list[float]:
+        base = self.overhead + self.decode_seconds[0]
+        return [(self.overhead + t + k * self.draft_token_seconds) / base for k, t in enumerate(self.decode_seconds)]
 
     def choose(self, acceptance: float, idle_steps: int = 0) -> int:
         """k for a sequence with this acceptance rate that has gone `idle_steps` steps without
