@@ -88,7 +88,10 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="speculative decoding without a draft model: ngram drafts from the text so far (prompt lookup)",
     )
     run.add_argument(
-        "--draft-max", type=positive, default=8, help="most draft tokens per sequence and step (speculative decoding)"
+        "--draft-max",
+        type=positive,
+        default=8,
+        help="most draft tokens per sequence and step, at most 32 (speculative decoding)",
     )
     run.add_argument("--parallel", "-np", type=positive, default=4, help="requests decoded together (slots)")
     run.add_argument("--max-queue", type=at_least(0), default=64, help="requests allowed to wait for a slot")
@@ -404,6 +407,12 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         check_gguf(mmproj)
     if args.model_draft is not None and args.spec is not None:
         return fail("--model-draft and --spec ngram are two ways to draft: choose one")
+    if args.model_draft is not None or args.spec is not None:
+        from runtime.engine.speculative import DRAFT_MAX_LIMIT  # imports llama.cpp: only when drafting
+
+        if args.draft_max > DRAFT_MAX_LIMIT:
+            # Measuring the cost of every draft length at start would take minutes to an hour.
+            return fail(f"--draft-max: at most {DRAFT_MAX_LIMIT}, got {args.draft_max}")
     if args.model_draft is not None:
         if upstream is not None:
             return fail("--model-draft needs a local model, not --upstream")

@@ -31,6 +31,7 @@ from runtime.engine.kvcache import HostCache, common_prefix
 from runtime.engine.model import LlamaModel
 from runtime.engine.sampler import SamplerChain, SamplerParams, token_logprobs
 from runtime.engine.speculative import (
+    DRAFT_MAX_LIMIT,
     Acceptance,
     Drafter,
     DraftLength,
@@ -202,7 +203,7 @@ class Scheduler:
             # A recurrent state cannot drop the positions of rejected draft tokens.
             log.warning("speculative decoding is off: this model's memory is recurrent")
             return
-        rows = min(config.draft_max, config.batch_size - 1) + 1
+        rows = min(config.draft_max, DRAFT_MAX_LIMIT, config.batch_size - 1) + 1
         times = measure_row_costs(self.ctx, self.memory, self.batch, 0, rows, context=min(64, config.batch_size))
         drafter = DraftModel(config.draft_model_path, self.model, config) if config.draft_model_path else NgramDrafter()
         per_draft_token = drafter.row_seconds if isinstance(drafter, DraftModel) else 0.0

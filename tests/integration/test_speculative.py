@@ -283,3 +283,11 @@ def test_acceptance_counts_a_cut_draft_as_one_failure() -> None:
     before = wrong.rate
     wrong.update(drafted=0, kept=0)  # no draft: nothing learned
     assert wrong.rate == before
+
+
+def test_a_draft_max_too_long_to_measure_is_refused_at_once(tmp_path: Path) -> None:
+    # Found by hand: `--draft-max 100000` (capped only by the batch, 511) had the server measure
+    # 1..512-row decodes at start, about an hour at 100 % CPU before it served anything; 64 took 53 s.
+    for flag in ("--spec", "ngram"), ("--model-draft", str(embedded_model())):
+        done = cli("run", *flag, "--draft-max", "100000", "-p", str(free_port()), home=tmp_path, timeout=30)
+        assert "--draft-max" in one_line_error(done)
