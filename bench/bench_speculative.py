@@ -125,7 +125,7 @@ def main() -> None:
     for name, config in configs.items():
         sched = Scheduler(model, config)
         if sched.draft_length is not None and name.endswith("-always"):
-            sched.draft_length = DraftLength([1.0] * len(sched.draft_length.cost))
+            sched.draft_length = DraftLength([1.0] * len(sched.draft_length.cost), learn=False)
         schedulers[name] = sched
     raw: dict[str, list[float]] = {w: [] for w in WORKLOADS}
     try:

@@ -421,11 +421,12 @@ class Scheduler:
                 self._inject(slot)  # decoded below, with the prompts
                 continue
             generating.append(slot)
-        drafting = 0.0
+        drafting, drafted = 0.0, 0
         if self.drafter is not None:
             drafting = time.perf_counter()
             self._draft(generating)
             drafting = time.perf_counter() - drafting
+            drafted = sum(len(slot.draft) for slot in generating)
         for slot in generating:
             assert slot.next_token is not None
             if self.determinism == "full" and len(slot.draft) % 2 == 0:
@@ -483,8 +484,9 @@ class Scheduler:
             if slot.batch_index >= 0 and slot.job is not None:
                 self._sample(slot)
         if self.draft_length is not None and len(generating) == 1 and not prefilling:
-            # A single stream's step: what it costs besides llama_decode and drafting.
-            self.draft_length.observe_overhead(time.perf_counter() - started - decoding - drafting)
+            # A single stream's step: what its rows cost in llama_decode, and the rest of it.
+            overhead = time.perf_counter() - started - decoding - drafting
+            self.draft_length.observe(n, decoding, overhead, drafted, drafting)
 
     def _draft(self, slots: list[Slot]) -> None:
         """Give each generating slot its draft for this step (`Slot.draft`): as long as its

@@ -274,22 +274,40 @@ class DraftLength:
     token is kept only if every one before it was) and cost[k] the time of a step with k draft
     tokens over that of a plain step. k = 0 when no draft pays.
 
-    A step's time is its `llama_decode` of 1 + k rows (`decode_seconds[k]`, measured at start),
-    k tokens of a draft model (`draft_token_seconds` each) and the rest of the step (`overhead`:
-    sampling, delivering tokens, the Python around them), which the scheduler measures on its
-    real decode steps. The overhead matters: with a small model it is a good part of a step, and
-    it does not grow with k, so drafts pay sooner than the kernel times alone say."""
+    A step's time is its `llama_decode` of 1 + k rows (`decode_seconds[k]`), k tokens of a draft
+    model (`draft_token_seconds` each) and the rest of the step (`overhead`: sampling, delivering
+    tokens, the Python around them). The decode times measured at start (back to back, one
+    shape at a time) are replaced by what the scheduler's real single-stream steps take
+    (`observe`): llama.cpp reuses its compute graph while the batch shape stays the same, so a
+    stream that drafts pays more for its 1-row steps than a stream that never does (6.6 vs 10.5
+    ms on SmolLM2-135M here), which a table measured in isolation cannot show. With
+    `learn=False` the table stays as given (tests, benchmarks that force a draft length)."""
 
-    def __init__(self, decode_seconds: Sequence[float], draft_token_seconds: float = 0.0) -> None:
+    def __init__(
+        self, decode_seconds: Sequence[float], draft_token_seconds: float = 0.0, *, learn: bool = True
+    ) -> None:
         self.decode_seconds = list(decode_seconds)
         self.draft_token_seconds = draft_token_seconds
+        self.learn = learn
         self.max = len(self.decode_seconds) - 1
         self.overhead = 0.0
         self.cost = self._cost()
 
-    def observe_overhead(self, seconds: float) -> None:
-        """One plain decode step's time outside `llama_decode` (a moving average is kept)."""
-        self.overhead = seconds if self.overhead == 0.0 else 0.95 * self.overhead + 0.05 * seconds
+    def observe(
+        self, rows: int, decode_seconds: float, overhead_seconds: float, drafted: int = 0, drafting_seconds: float = 0.0
+    ) -> None:
+        """One real single-stream decode step: `rows` rows took `decode_seconds` in
+        `llama_decode`, drafting `drafted` tokens took `drafting_seconds`, and the rest of the
+        step `overhead_seconds`. Moving averages."""
+        if not self.learn:
+            return
+        if 1 <= rows <= self.max + 1:
+            self.decode_seconds[rows - 1] += 0.1 * (decode_seconds - self.decode_seconds[rows - 1])
+        if drafted > 0:  # a draft model's real cost: its decodes, reading its logits, catching up
+            self.draft_token_seconds += 0.1 * (drafting_seconds / drafted - self.draft_token_seconds)
+        self.overhead = (
+            overhead_seconds if self.overhead == 0.0 else self.overhead + 0.05 * (overhead_seconds - self.overhead)
+        )
         self.cost = self._cost()
 
     def _cost(self) -> list[float]:

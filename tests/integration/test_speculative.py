@@ -66,7 +66,7 @@ def scheduler(model: LlamaModel, **spec: object) -> Scheduler:
     if sched.draft_length is not None:
         measured = sched.draft_length.cost
         assert measured[0] == 1.0 and measured == sorted(measured), measured
-        sched.draft_length = DraftLength([1.0] * len(measured))
+        sched.draft_length = DraftLength([1.0] * len(measured), learn=False)
     return sched
 
 
