@@ -69,7 +69,7 @@ from runtime.engine.toolcalls.formats import GenericFormat
 from runtime.engine.toolcalls.generic import prepare_generic
 from runtime.events import ToolResult
 from runtime.ir import Message, TextPart, ToolCallPart, ToolChoice, ToolResultPart, ToolSpec
-from tests.servers import free_port, toolstudio, wait_healthy
+from tests.servers import CliServer, free_port, toolstudio, wait_healthy
 
 CALLS = 3
 SYSTEM = "You are a careful assistant. Use the python tool for every step."
@@ -208,30 +208,16 @@ def serve_timed(record_path: str, argv: list[str]) -> int:
 
 
 @dataclass
-class TimedServer:
+class TimedServer(CliServer):
     """`toolstudio run` through `serve_timed`, on a free port."""
 
-    home: Path
-    args: tuple[str, ...]
-    proc: subprocess.Popen[bytes] | None = None
-    port: int = 0
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def __post_init__(self) -> None:
+        self.launcher = (sys.executable, __file__, "--serve-timed", str(self.record_path))
+        self.health_timeout = 300
 
     @property
     def record_path(self) -> Path:
-        return self.home / "records.jsonl"
-
-    def start(self) -> TimedServer:
-        self.port = free_port()
-        env = {**os.environ, "TOOLSTUDIO_HOME": str(self.home)}
-        command = [sys.executable, __file__, "--serve-timed", str(self.record_path), "run", "-p", str(self.port)]
-        with (self.home / "server.log").open("wb") as log:
-            self.proc = subprocess.Popen([*command, *self.args], env=env, stdout=log, stderr=subprocess.STDOUT)
-        wait_healthy(self.base_url, timeout=300, proc=self.proc)
-        return self
+        return self.data_dir / "records.jsonl"
 
     def records(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
         """Records whose time lies in [since, until] (a step or span by its end; None: now)."""
@@ -243,15 +229,6 @@ class TimedServer:
             if since <= r.get("t", r.get("t1", 0.0)) <= until:
                 found.append(r)
         return found
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def start_llama_server(binary: str, model: Path, slots: int, ctx: int, threads: int, log: Path) -> tuple[Any, str]:

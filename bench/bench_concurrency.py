@@ -41,7 +41,7 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.servers import free_port, toolstudio, wait_healthy
+from tests.servers import CliServer, free_port, toolstudio, wait_healthy
 
 TOPICS = ["a lighthouse", "a dragon", "the ocean", "a robot", "a forest", "a city", "a comet", "a violin"]
 
@@ -239,41 +239,21 @@ def serve_timed(record_path: str, argv: list[str]) -> int:
 
 
 @dataclass
-class TimedServer:
-    """`toolstudio run` (through `serve_timed`) on a free port."""
+class TimedServer(CliServer):
+    """`toolstudio run` (through `serve_timed`) on a free port; one log across restarts."""
 
-    home: Path
-    args: tuple[str, ...]
-    env: dict[str, str] = field(default_factory=dict)  # on top of this process's environment
-    proc: subprocess.Popen[bytes] | None = None
-    port: int = 0
     records: list[list[float]] = field(default_factory=list)
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def __post_init__(self) -> None:
+        self.launcher = (sys.executable, __file__, "--serve-timed", str(self.record_path))
+        self.health_timeout, self.append_log = 300, True
 
     @property
     def record_path(self) -> Path:
-        return self.home / "steps.json"
-
-    def start(self) -> TimedServer:
-        self.port = free_port()
-        env = {**os.environ, "TOOLSTUDIO_HOME": str(self.home), **self.env}
-        command = [sys.executable, __file__, "--serve-timed", str(self.record_path), "run", "-p", str(self.port)]
-        with (self.home / "server.log").open("ab") as log:
-            self.proc = subprocess.Popen([*command, *self.args], env=env, stdout=log, stderr=subprocess.STDOUT)
-        wait_healthy(self.base_url, timeout=300, proc=self.proc)
-        return self
+        return self.data_dir / "steps.json"
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().stop()
         if self.record_path.is_file():
             self.records = json.loads(self.record_path.read_text())
 

@@ -48,13 +48,18 @@ def toolstudio(*args: str, data_dir: Path) -> str:
 
 @dataclass
 class CliServer:
-    """`toolstudio run` as a user starts it, on a free port."""
+    """`toolstudio run` as a user starts it, on a free port. Benchmarks start it through their
+    own wrapper around the CLI (`launcher`, which takes the CLI's argv), with more time to load
+    and, across restarts in one home, one log (`append_log`)."""
 
     data_dir: Path
     args: tuple[str, ...] = ()
     env: dict[str, str] | None = None  # on top of the test process's environment
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
+    launcher: tuple[str, ...] = (sys.executable, "-m", "runtime.cli")
+    health_timeout: float = 120.0  # seconds to load the model and answer /health
+    append_log: bool = False
 
     @property
     def base_url(self) -> str:
@@ -63,14 +68,14 @@ class CliServer:
     def start(self) -> CliServer:
         self.port = free_port()
         env = {**os.environ, "TOOLSTUDIO_HOME": str(self.data_dir), **(self.env or {})}
-        log = (self.data_dir / "server.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", "run", "-p", str(self.port), *self.args],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_healthy(self.base_url, proc=self.proc)
+        with (self.data_dir / "server.log").open("ab" if self.append_log else "wb") as log:
+            self.proc = subprocess.Popen(
+                [*self.launcher, "run", "-p", str(self.port), *self.args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_healthy(self.base_url, timeout=self.health_timeout, proc=self.proc)
         return self
 
     def log(self) -> str:
@@ -80,7 +85,7 @@ class CliServer:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
