@@ -116,13 +116,7 @@ class UpstreamEngine:
         if backend is None or backend.profile.tokenizer == "estimate":
             return tokens.estimate(request)
         tokenizer = backend.profile.tokenizer
-        body = request_body(
-            request,
-            model=self._model(backend),
-            profile=backend.profile,
-            defaults=self.defaults,
-            vision=self.info.vision,
-        )
+        body = self._body(request, backend)
         path, payload = tokens.count_request(tokenizer, request, body)
         try:
             answer = await self._post_json(client, backend, path, payload)
@@ -184,14 +178,7 @@ class UpstreamEngine:
     async def _stream(
         self, client: httpx.AsyncClient, backend: Backend, request: ChatRequest, affinity: str | None, index: int
     ) -> AsyncIterator[Event]:
-        body = request_body(
-            request,
-            model=self._model(backend),
-            profile=backend.profile,
-            defaults=self.defaults,
-            vision=self.info.vision,
-            seed_offset=index,
-        )
+        body = self._body(request, backend, seed_offset=index)
         echo = request.prefill if backend.profile.prefill == "final" else ""
         reader = ChunkReader.new(request.sampling.stop, echo=echo)
         usage: Usage | None = None
@@ -351,6 +338,17 @@ class UpstreamEngine:
 
     def _model(self, backend: Backend) -> str:
         return self.config.model or backend.model or self.info.id
+
+    def _body(self, request: ChatRequest, backend: Backend, *, seed_offset: int = 0) -> dict[str, Any]:
+        """The Chat Completions body for `request` on `backend` (see `wire.request_body`)."""
+        return request_body(
+            request,
+            model=self._model(backend),
+            profile=backend.profile,
+            defaults=self.defaults,
+            vision=self.info.vision,
+            seed_offset=seed_offset,
+        )
 
     def _headers(self, backend: Backend) -> dict[str, str]:
         headers: dict[str, str] = {}
