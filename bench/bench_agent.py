@@ -30,8 +30,8 @@ rendering, tokenizing, parsing, queueing); tokens prefilled and generated (per-t
 normalised times too: the sides need not write the same tokens); the end-to-end ratios; and
 the second generation's time to first token (from the end of the first tool run, in the
 server, to the first token after it) against a cold prefill of the same transcript (ours:
-sent by another API key, whose cache scope holds nothing; llama-server: `cache_prompt:
-false`). llama-server reports `timings` per response. For toolstudio the split comes from
+sent by an API key made for that one request, whose cache scope holds nothing, checked by
+the reply's `cached_tokens`; llama-server: `cache_prompt: false`). llama-server reports `timings` per response. For toolstudio the split comes from
 timing wrappers installed in the server process (`--serve-timed`, below) around the decode
 thread's step, admission, sampling, release, prompt preparation, token counting, the fitting
 of tool results and tool execution: JSON lines appended to a file, a few µs each, present
@@ -98,8 +98,8 @@ def serve_timed(record_path: str, argv: list[str]) -> int:
     the last round without the tools.
 
     - `{"k": "admit", "job", "t", "submitted", "prompt", "cached"}`: a job got a slot
-    - `{"k": "step", "t0", "t1", "prompt", "gen", "jobs"}`: one decode step (prompt and
-      generated tokens in its batch, the jobs in it)
+    - `{"k": "step", "t0", "t1", "prompt", "gen", "jobs"}`: one decode step (prompt rows
+      and the other rows, generated tokens and drafts, in its batch; the jobs in it)
     - `{"k": "first", "job", "t"}`: a job's first token sampled
     - `{"k": "release", "job", "t", "generated"}`
     - `{"k": "prepare" | "count" | "fit" | "tool", "t0", "t1", ...}`: rendering and tokenizing
@@ -139,14 +139,17 @@ def serve_timed(record_path: str, argv: list[str]) -> int:
     real_release = Scheduler._release
 
     def step(self: scheduler.Scheduler) -> None:
-        gen = sum(1 for s in self.slots if s.job is not None and s.next_token is not None)
+        # Prompt rows: what the step took off the slots' prompts. The rest are generated tokens
+        # and their drafts (speculative, jump-forward): decoding, not prefill.
+        todo = {s.seq_id: len(s.todo) for s in self.slots if s.job is not None and s.todo}
         jobs = [s.job.submitted for s in self.slots if s.job is not None]
         self.batch.n_tokens = 0
         t0 = clock()
         real_step(self)
         n = self.batch.n_tokens
+        prompt = sum(left - len(self.slots[seq].todo) for seq, left in todo.items())
         if n:
-            emit(k="step", t0=t0, t1=clock(), prompt=n - gen, gen=gen, jobs=jobs)
+            emit(k="step", t0=t0, t1=clock(), prompt=prompt, gen=n - prompt, jobs=jobs)
 
     def admit(self: scheduler.Scheduler) -> None:
         before = {id(s.job) for s in self.slots if s.job is not None}
@@ -552,7 +555,9 @@ def run_client_loop(
 
 def cold_ours(server: TimedServer, cold_key: str, transcript: list[Message], seed: int) -> float:
     """Seconds from preparing to the first token for `transcript` (the second generation's
-    conversation) sent by another API key, whose cache scope holds nothing of it."""
+    conversation) sent by `cold_key`, a key made for this one request: its cache scope holds
+    nothing (a key used before would hold the system prompt from its last request). Raises
+    RuntimeError when the server still reports cached prompt tokens."""
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=cold_key, max_retries=0, timeout=900)
     python = server_tools_spec(server.base_url, cold_key)[0]
     messages: list[dict[str, Any]] = []
@@ -570,7 +575,7 @@ def cold_ours(server: TimedServer, cold_key: str, transcript: list[Message], see
     tool = {"type": "function", "function": {"name": python.name, "description": python.description,
                                              "parameters": python.parameters}}  # fmt: skip
     started = clock()
-    client.chat.completions.create(
+    reply = client.chat.completions.create(
         model="default",
         messages=messages,  # type: ignore[arg-type]
         tools=[tool],  # type: ignore[list-item]
@@ -578,6 +583,9 @@ def cold_ours(server: TimedServer, cold_key: str, transcript: list[Message], see
         temperature=0,
         seed=seed,
     )
+    details = reply.usage.prompt_tokens_details if reply.usage else None
+    if details is not None and details.cached_tokens:
+        raise RuntimeError(f"the cold prefill read {details.cached_tokens} prompt tokens from cache")
     records = server.records(started)
     prepare = min(r["t0"] for r in records if r["k"] == "prepare")
     first = min(r["t"] for r in records if r["k"] == "first")
@@ -690,7 +698,6 @@ def main() -> None:
         try:
             server.start()
             key = toolstudio("keys", "create", data_dir=home).strip()
-            cold_key = toolstudio("keys", "create", data_dir=home).strip()
             tools = server_tools_spec(server.base_url, key)
             if args.llama_server:
                 proc, url = start_llama_server(
@@ -708,6 +715,7 @@ def main() -> None:
                 turns[side].append(turn)
                 print(f"  {turn.side}, turn {repeat}: {turn.wall:.2f} s, calls {turn.calls}", file=sys.stderr)
                 if turn.transcript and side == "ours":
+                    cold_key = toolstudio("keys", "create", data_dir=home).strip()
                     cold["ours"].append(cold_ours(server, cold_key, turn.transcript, args.seed))
                 elif turn.transcript and side == "llama":
                     cold["llama"].append(cold_llama(url, turn.transcript, tools, args.seed)[0])

@@ -93,6 +93,13 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=8,
         help="most draft tokens per sequence and step, at most 32 (speculative decoding)",
     )
+    run.add_argument(
+        "--jump-forward",
+        choices=["on", "off"],
+        default="on",
+        help="decode the text a grammar forces (tool-call envelopes, schema keys) many tokens a step, "
+        "verified like a speculative draft (on, the default) or one token a step (off)",
+    )
     run.add_argument("--parallel", "-np", type=positive, default=4, help="requests decoded together (slots)")
     run.add_argument("--max-queue", type=at_least(0), default=64, help="requests allowed to wait for a slot")
     run.add_argument("--max-n", type=positive, default=8, help="most choices one request may ask for (OpenAI's n)")
@@ -436,6 +443,7 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         draft_model_path=args.model_draft,
         spec_ngram=args.spec == "ngram",
         draft_max=args.draft_max,
+        jump_forward=args.jump_forward == "on",
         determinism=args.determinism,
     )
     config = ServerConfig(

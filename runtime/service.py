@@ -53,10 +53,14 @@ class Runtime:
             ("toolstudio_live_sessions", "live tool sessions", self.sessions.live_count),
             ("toolstudio_decode_threads", "threads decoding now (fewer while other processes are busy)", stats.threads),
             ("toolstudio_kv_host_cache_bytes", "KV cache of evicted conversations kept in RAM", stats.host_cache_bytes),
-            ("toolstudio_draft_tokens", "speculative decoding: draft tokens verified since start", stats.draft_tokens),
+            (
+                "toolstudio_draft_tokens",
+                "speculative and jump-forward decoding: draft tokens verified since start",
+                stats.draft_tokens,
+            ),
             (
                 "toolstudio_draft_tokens_accepted",
-                "speculative decoding: draft tokens kept since start",
+                "speculative and jump-forward decoding: draft tokens kept since start",
                 stats.draft_tokens_accepted,
             ),
         ]

@@ -100,22 +100,33 @@ class GrammarMatcher:
 
 
 class Candidates:
-    """A reusable `llama_token_data_array` over the whole vocabulary (numpy-backed)."""
+    """A reusable `llama_token_data_array` over the whole vocabulary, or over the tokens `ids`
+    (numpy-backed)."""
 
-    def __init__(self, n_vocab: int) -> None:
-        self.n_vocab = n_vocab
-        self.data = np.zeros(n_vocab, dtype=_TOKEN_DATA)
-        self._ids = np.arange(n_vocab, dtype=np.int32)
+    def __init__(self, n_vocab: int, ids: np.ndarray | None = None) -> None:
+        self._ids = np.arange(n_vocab, dtype=np.int32) if ids is None else ids.astype(np.int32)
+        self.n_vocab = len(self._ids)
+        self.data = np.zeros(self.n_vocab, dtype=_TOKEN_DATA)
         self._ptr = self.data.ctypes.data_as(llama_cpp.llama_token_data_p)
-        self.array = llama_cpp.llama_token_data_array(self._ptr, n_vocab, -1, False)
+        self.array = llama_cpp.llama_token_data_array(self._ptr, self.n_vocab, -1, False)
         self.ref = ctypes.byref(self.array)
 
     def load(self, ctx: llama_cpp.llama_context_p, batch_index: int) -> None:
         logits = llama_cpp.llama_get_logits_ith(ctx, batch_index)
-        self.data["id"] = self._ids  # samplers sort and truncate in place: reset everything
-        self.data["logit"] = np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
+        self.reset(np.ctypeslib.as_array(logits, shape=(self.n_vocab,)))
+
+    def reset(self, logits: np.ndarray | float = 0.0) -> None:
+        # Samplers sort and truncate in place: every field is set again.
+        self.data["id"] = self._ids
+        self.data["logit"] = logits
         self.data["p"] = 0.0
         self.array.data, self.array.size, self.array.selected, self.array.sorted = self._ptr, self.n_vocab, -1, False
+
+    def allowed(self, grammar: GrammarMatcher) -> np.ndarray:
+        """The ids (in order) that `grammar`'s state allows next; the state does not move."""
+        self.reset()
+        llama_cpp.llama_sampler_apply(grammar.sampler, self.ref)
+        return self._ids[self.data["logit"] != -math.inf]
 
     def selected(self) -> int:
         return int(self.array.data[self.array.selected].id)

@@ -9,6 +9,10 @@ Slots keep their KV cache after a request ends, so a follow-up request whose pro
 extends a previous one (the next chat turn, an agent-loop iteration) lands on that slot and
 only decodes the new suffix.
 
+A generating sequence may carry a draft decoded after its next token in the same step and
+verified as it is sampled: text its grammar forces (jumpforward.py, on by default) or, with
+speculative decoding, an n-gram or draft-model guess (speculative.py).
+
 With a projector, a prompt's images are runs of negative placeholder ids (`vision.py`);
 the step that reaches one has the projector encode the image into the slot's KV first.
 """
@@ -27,6 +31,7 @@ from typing import Literal
 import llama_cpp
 
 from runtime.config import EngineConfig
+from runtime.engine.jumpforward import FORCED_MAX, FORCED_MIN_RATE, FORCED_PRIOR_KEPT, FORCED_PRIOR_REJECTED, ForcedText
 from runtime.engine.kvcache import HostCache, common_prefix
 from runtime.engine.model import LlamaModel
 from runtime.engine.sampler import SamplerChain, SamplerParams, token_logprobs
@@ -113,6 +118,10 @@ class SequenceJob:
     fork_of: SequenceJob | None = None
 
 
+def _forced_prior() -> Acceptance:
+    return Acceptance(FORCED_PRIOR_KEPT, FORCED_PRIOR_REJECTED)
+
+
 def _submission_order(slot: Slot) -> tuple[int, float]:
     job = slot.job
     assert job is not None
@@ -135,6 +144,8 @@ class Slot:
     draft: list[int] = field(default_factory=list)  # decoded after next_token this step, to verify
     acceptance: Acceptance = field(default_factory=Acceptance)  # of this job's drafts so far
     undrafted: int = 0  # steps since this job's last draft
+    draft_forced: bool = False  # this step's draft is grammar-forced text (jumpforward.py)
+    forced: Acceptance = field(default_factory=lambda: _forced_prior())  # of this job's forced drafts
 
 
 class Scheduler:
@@ -183,6 +194,7 @@ class Scheduler:
         self.drafter: Drafter | None = None
         self.draft_length: DraftLength | None = None
         self.drafted = self.accepted = 0  # draft tokens proposed and kept, since start
+        self.forced = ForcedText(model) if config.jump_forward else None
         if config.draft_model_path is not None or config.spec_ngram:
             self._start_speculation(config)
 
@@ -315,6 +327,7 @@ class Scheduler:
             slot.todo = job.prompt[keep:]
             slot.job, slot.cached, slot.generated, slot.next_token = job, keep, 0, None
             slot.draft, slot.acceptance, slot.undrafted = [], Acceptance(), 0
+            slot.draft_forced, slot.forced = False, _forced_prior()
             job.cached = keep
             job.admitted = next(self._admissions)
             slot.scope = job.scope
@@ -421,12 +434,15 @@ class Scheduler:
                 self._inject(slot)  # decoded below, with the prompts
                 continue
             generating.append(slot)
+        room = self.batch_size - 2 * len(generating)  # draft rows: prompts and padding keep some
+        if self.forced is not None:
+            generating, room = self._jump_forward(generating, room)
         drafting, drafted = 0.0, 0
         if self.drafter is not None:
             drafting = time.perf_counter()
-            self._draft(generating)
+            self._draft([slot for slot in generating if not slot.draft_forced], room)
             drafting = time.perf_counter() - drafting
-            drafted = sum(len(slot.draft) for slot in generating)
+            drafted = sum(len(slot.draft) for slot in generating if not slot.draft_forced)
         for slot in generating:
             assert slot.next_token is not None
             if self.determinism == "full" and len(slot.draft) % 2 == 0:
@@ -488,12 +504,39 @@ class Scheduler:
             overhead = time.perf_counter() - started - decoding - drafting
             self.draft_length.observe(n, decoding, overhead, drafted, drafting)
 
-    def _draft(self, slots: list[Slot]) -> None:
+    def _jump_forward(self, slots: list[Slot], room: int) -> tuple[list[Slot], int]:
+        """Give each generating slot whose grammar forces text next that text as its draft
+        (jumpforward.py), while the slot's forced drafts are mostly kept; end, without
+        decoding its last token, each slot whose grammar allows only the end of generation.
+        Returns the slots still generating and the draft rows left in the batch."""
+        assert self.forced is not None
+        going = []
+        for slot in slots:
+            job, sampler = slot.job, slot.sampler
+            assert job is not None and sampler is not None
+            slot.draft_forced = False
+            if sampler.grammar is None:
+                going.append(slot)
+                continue
+            k = min(FORCED_MAX, job.max_tokens - slot.generated - 1, self.ctx_size - len(slot.tokens) - 2, room)
+            if slot.forced.rate < FORCED_MIN_RATE:
+                k = 0
+            forced = self.forced.draft(sampler.grammar, k)
+            if forced.ends:
+                # The token sampled last closes the grammar: the next could only be an end
+                # token, so it is not decoded to sample one (its KV is left out, see jumpforward.py).
+                self._release(slot, "eog")
+                continue
+            slot.draft, slot.draft_forced = forced.tokens, bool(forced.tokens)
+            room -= len(forced.tokens)
+            going.append(slot)
+        return going, room
+
+    def _draft(self, slots: list[Slot], room: int) -> None:
         """Give each generating slot its draft for this step (`Slot.draft`): as long as its
         acceptance makes pay (`DraftLength`), within its max_tokens, its context and the batch,
         and cut where the slot's grammar would reject it."""
         assert self.drafter is not None and self.draft_length is not None
-        room = self.batch_size - 2 * len(slots)  # prompts and padding keep some of the batch
         wants = []
         for slot in slots:
             job = slot.job
@@ -608,7 +651,10 @@ class Scheduler:
             self.accepted += kept
             llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, decoded + kept, -1)
             del slot.tokens[decoded + kept :]
-        slot.acceptance.update(len(draft), kept)
-        slot.undrafted = 0 if draft else slot.undrafted + 1
+        if slot.draft_forced:
+            slot.forced.update(len(draft), kept)
+        else:
+            slot.acceptance.update(len(draft), kept)
+            slot.undrafted = 0 if draft else slot.undrafted + 1
         if stop is not None:
             self._release(slot, stop)

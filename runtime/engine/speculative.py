@@ -15,6 +15,9 @@ Drafters (llama-server's names in brackets):
 - `DraftModel` [`-md`]: a small model with the same vocabulary decodes greedily, stopping where
   it is unsure (top probability under `P_MIN`, as `--draft-p-min`).
 
+Text a grammar forces is drafted by jumpforward.py through the same verification, without
+a drafter or a flag.
+
 `DraftLength` picks each sequence's k per step from the measured cost of decoding 1 + k rows
 (`measure_row_costs`, plus k steps of a draft model) and the acceptance the sequence has shown
 so far (`Acceptance`): k = 0, plain decoding, whenever no k is expected to yield more tokens

@@ -1,0 +1,105 @@
+"""Jump-forward decoding: the text a grammar forces, decoded as a draft instead of token by token.
+
+Where a grammar leaves one way to go on (the `{"tool_calls": [{"name": "python", "arguments":
+{` of a forced call, a schema's property names, closing brackets), the next characters are
+known before the model computes them. SGLang decodes such text in one step ("jump-forward
+decoding": Zheng et al. 2024, *SGLang: Efficient Execution of Structured Language Model
+Programs*, §4.2). Here the forced text becomes a draft for the verification the scheduler
+already does for speculative decoding (speculative.py): the sequence's next token and the
+draft are decoded in one batched `llama_decode`, and draft tokens are kept while each equals
+what the sequence's own sampler picks at its row. The output stays the model's own: where the
+model spells the text with other tokens (SmolLM2 writes `{"` as `{` `"`), the draft is cut
+there and the next step drafts again from where the model went.
+
+Forced text is found one character at a time: the grammar's state is probed with the
+vocabulary's single-character tokens (printable ASCII, tab, CR, LF) in one
+`llama_sampler_apply`, and while exactly one of them is allowed that character is forced. (A
+grammar that allows one ASCII character and also some non-ASCII one is taken to force the ASCII
+one; verification makes that harmless.) The text is then tokenized; where it ends at a branch
+of the grammar its last token is dropped, since the model may merge it with what follows
+(`"` and `:` as `":`).
+
+When nothing but the end of generation can follow (a call's closing `]}`), `draft` says so and
+the scheduler ends the sequence without decoding its last token to sample an end token the
+grammar leaves no choice about. The KV then lacks that last token, as after a stop string;
+a next round's prompt decodes it with the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.engine.model import LlamaModel, token_piece, tokenize
+from runtime.engine.sampler import Candidates, GrammarMatcher
+
+# Most tokens one forced draft may hold. Forced runs are short (a call envelope is ~16 tokens
+# of SmolLM2's vocabulary); the cap bounds the verification batch.
+FORCED_MAX = 32
+CHARS_PER_TOKEN = 8  # forced text looked at per wanted token: more than any run of one token
+# A sequence stops drafting forced text once this few of its forced draft tokens are kept per
+# draft cut short (`Acceptance.rate`): the model spells the text its own way, and each wasted
+# row costs about half a decode step on a CPU.
+FORCED_MIN_RATE = 0.5
+# The prior of a sequence's forced-draft acceptance: 19 kept, 1 cut (forced text is usually
+# spelled the tokenizer's way).
+FORCED_PRIOR_KEPT, FORCED_PRIOR_REJECTED = 19.0, 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ForcedDraft:
+    tokens: list[int]  # the forced text's tokens, at most the number asked for
+    ends: bool  # nothing but the end of generation can follow (then `tokens` is empty)
+
+
+class ForcedText:
+    """Finds the text a grammar state forces, for one model's vocabulary. Not thread-safe:
+    the scheduler's decode thread owns it."""
+
+    def __init__(self, model: LlamaModel) -> None:
+        self.vocab = model.vocab
+        self.is_eog = model.is_eog
+        chars, ids = bytearray(), []
+        for code in (9, 10, 13, *range(32, 127)):
+            tokens = model.tokenize(chr(code), add_special=False, parse_special=False)
+            if len(tokens) == 1 and model.piece(tokens[0]) == bytes([code]):
+                chars.append(code)
+                ids.append(tokens[0])
+        self.chars = bytes(chars)
+        self.char_of = dict(zip(ids, chars, strict=True))
+        self._chars = Candidates(model.n_vocab, np.array(ids, dtype=np.int32))
+        self._vocab = Candidates(model.n_vocab)  # for the rare whole-vocabulary check
+
+    def draft(self, grammar: GrammarMatcher, max_tokens: int) -> ForcedDraft:
+        """The forced continuation of `grammar`'s state as at most `max_tokens` tokens (none
+        when max_tokens <= 0 or nothing is forced), and whether only the end of generation can
+        follow. The grammar's state does not move."""
+        allowed = self._chars.allowed(grammar)
+        if len(allowed) == 0:
+            return ForcedDraft([], self._only_end(grammar))
+        if len(allowed) > 1 or max_tokens <= 0:
+            return ForcedDraft([], False)
+        text = bytearray()
+        limit = max_tokens * CHARS_PER_TOKEN
+        probe = grammar.copy()
+        try:
+            while len(allowed) == 1 and len(text) < limit:
+                token = int(allowed[0])
+                text.append(self.char_of[token])
+                probe.accept(token)
+                allowed = self._chars.allowed(probe)
+        finally:
+            probe.close()
+        tokens = tokenize(self.vocab, text.decode("ascii"), add_special=False, parse_special=False)
+        if b"".join(token_piece(self.vocab, t) for t in tokens) != bytes(text):
+            return ForcedDraft([], False)  # a tokenizer that adds a prefix space: no clean draft
+        if len(allowed) > 0:
+            tokens = tokens[:-1]  # ends at a branch (or the limit): the last token may merge on
+        return ForcedDraft(tokens[:max_tokens], False)
+
+    def _only_end(self, grammar: GrammarMatcher) -> bool:
+        """No single character can follow: check the whole vocabulary (a non-ASCII character
+        may still be allowed) and say whether only end-of-generation tokens are."""
+        allowed = self._vocab.allowed(grammar)
+        return len(allowed) > 0 and all(self.is_eog(int(t)) for t in allowed)
