@@ -15,6 +15,10 @@ in the server process around `llama_decode` and the sampler (`--serve-timed`, be
 
 Usage: python bench/bench_concurrency.py [--llama-server PATH] [--model GGUF] [--n-gpu-layers N]
                                          [--tokens 96] [--clients 1,2,4,8] [--slots 8]
+                                         [--server-arg FLAG ...] [--llama-arg FLAG ...]
+(`--llama-arg=-fa --llama-arg=off` gives llama-server the kernels of toolstudio's default
+`--determinism prompt`; `--server-arg=--determinism --server-arg=off` gives toolstudio the
+flash attention llama-server uses by default.)
 """
 
 from __future__ import annotations
@@ -259,13 +263,21 @@ class TimedServer(CliServer):
 
 
 def start_llama_server(
-    binary: str, model: Path, slots: int, ctx: int, threads: int, gpu_layers: int | None, log: Path
+    binary: str,
+    model: Path,
+    slots: int,
+    ctx: int,
+    threads: int,
+    gpu_layers: int | None,
+    log: Path,
+    extra: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     command = [binary, "-m", str(model), "--port", str(port), "-np", str(slots), "-c", str(ctx * slots),
                "-t", str(threads), "-tb", str(threads), "--host", "127.0.0.1", "--no-webui"]  # fmt: skip
     if gpu_layers is not None:
         command += ["-ngl", str(999 if gpu_layers < 0 else gpu_layers)]  # ours: -1 = all layers
+    command += extra
     with log.open("wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -276,7 +288,9 @@ def start_llama_server(
 def table(args: argparse.Namespace, ours: dict[int, Result], theirs: dict[int, Result], counts: list[int]) -> str:
     gpu = "" if args.n_gpu_layers is None else f", --n-gpu-layers {args.n_gpu_layers}"
     lines = [
-        f"{args.label}: {args.threads} threads, {args.slots} slots x {args.ctx} ctx, {args.tokens} tokens/stream{gpu}",
+        f"{args.label}: {args.threads} threads, {args.slots} slots x {args.ctx} ctx, {args.tokens} tokens/stream{gpu}"
+        + "".join(f"; toolstudio {' '.join(args.server_arg)}" for _ in args.server_arg[:1])
+        + "".join(f"; llama-server {' '.join(args.llama_arg)}" for _ in args.llama_arg[:1]),
         "",
         "| clients | toolstudio tok/s | llama-server tok/s | ratio | TTFT p50 ours / theirs (ms) "
         "| TTFT p95 ours / theirs (ms) | TTFT max ours / theirs (ms) | failed ours / theirs |",
@@ -327,6 +341,7 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     parser.add_argument("--logs", type=Path, help="keep both servers' logs in this directory")
     parser.add_argument("--server-arg", action="append", default=[], help="one more `toolstudio run` flag (repeatable)")
+    parser.add_argument("--llama-arg", action="append", default=[], help="one more llama-server flag (repeatable)")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
     if max(counts) > args.slots:
@@ -347,7 +362,7 @@ def main() -> None:
         if args.llama_server:
             proc, url = start_llama_server(
                 args.llama_server, args.model, args.slots, args.ctx, args.threads, args.n_gpu_layers,
-                logs / "llama-server.log",
+                logs / "llama-server.log", tuple(args.llama_arg),
             )  # fmt: skip
             try:
                 httpx.get(f"{url}/health", timeout=10)

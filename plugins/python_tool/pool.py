@@ -13,7 +13,10 @@ background to replace it.
 Cost control (2 cores shared with decoding): spares are made one at a time, their kernels start
 at niceness 19 (so booting one takes CPU only when decoding leaves some), and a handed-over
 kernel is set back to niceness 0 (as root; without root it keeps niceness 10, the lowest it was
-started at). Each spare holds an idle kernel (about 50 MiB) and a disk image (sparse) until used.
+started at). The niceness is also that of the sandbox's scheduler autogroup (kernel.py,
+`_set_autogroup_nice`): bwrap makes each sandbox a session of its own, and Linux shares the CPU
+fairly between sessions' autogroups before niceness counts, so a spare booting at niceness 19
+alone still took half the CPU (an agent turn's first prefill took 260-300 ms instead of ~110). Each spare holds an idle kernel (about 50 MiB) and a disk image (sparse) until used.
 
 Not handed a spare: a restored session (its files are back, so its kernel starts on first use
 as before), any session while no spare is ready, and every session in unsafe mode (no sandbox).

@@ -129,6 +129,51 @@ def test_a_pooled_kernel_dies_with_its_session(pooled: tuple[CliServer, str]) ->
         time.sleep(0.1)
 
 
+AUTOGROUP = """
+import os
+print(open('/proc/self/autogroup').read().split()[-1], os.getpriority(os.PRIO_PROCESS, 0))
+"""
+
+
+def autogroup_nice(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/proc/sys/kernel/sched_autogroup_enabled").exists(),
+    reason="needs root (a kernel set back to niceness 0) and a kernel with scheduler autogroups",
+)
+def test_a_spare_boots_at_low_priority_and_its_session_runs_at_normal(pooled: tuple[CliServer, str]) -> None:
+    # bwrap's --new-session gives each sandbox an autogroup of its own, among which the CPU is
+    # shared fairly whatever a process's niceness: a spare is held back through its autogroup.
+    server, key = pooled
+    wait_ready(server)
+    assert server.proc is not None
+    spare = [autogroup_nice(pid) for pid in descendants(server.proc.pid)]
+    assert 19 in spare, f"no process of the waiting spare runs in an autogroup at niceness 19: {spare}"
+    group, nice = python(server, key, "dave", AUTOGROUP)["output"].split()
+    assert (group, nice) == ("0", "0")  # handed over: normal priority again
+
+
 def test_without_a_pool_the_first_call_starts_the_kernel(tmp_path: Path) -> None:
     server, key = start_server(tmp_path, pool=0)
     try:
