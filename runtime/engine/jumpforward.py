@@ -37,6 +37,10 @@ from runtime.engine.sampler import Candidates, GrammarMatcher
 # Most tokens one forced draft may hold. Forced runs are short (a call envelope is ~16 tokens
 # of SmolLM2's vocabulary); the cap bounds the verification batch.
 FORCED_MAX = 32
+# Shorter forced text is left to plain decoding: on a CPU a 2-row llama_decode costs about 2.2x
+# a 1-row one (llama.cpp leaves its matrix-vector kernels), so a 1-token draft loses even when
+# kept (a forced python call on SmolLM2-135M: 6.4 ms a token with 1, 6.0 with 2, 7.8 without).
+FORCED_MIN_TOKENS = 2
 CHARS_PER_TOKEN = 8  # forced text looked at per wanted token: more than any run of one token
 # A sequence stops drafting forced text once this few of its forced draft tokens are kept per
 # draft cut short (`Acceptance.rate`): the model spells the text its own way, and each wasted

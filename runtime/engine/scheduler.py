@@ -31,7 +31,14 @@ from typing import Literal
 import llama_cpp
 
 from runtime.config import EngineConfig
-from runtime.engine.jumpforward import FORCED_MAX, FORCED_MIN_RATE, FORCED_PRIOR_KEPT, FORCED_PRIOR_REJECTED, ForcedText
+from runtime.engine.jumpforward import (
+    FORCED_MAX,
+    FORCED_MIN_RATE,
+    FORCED_MIN_TOKENS,
+    FORCED_PRIOR_KEPT,
+    FORCED_PRIOR_REJECTED,
+    ForcedText,
+)
 from runtime.engine.kvcache import HostCache, common_prefix
 from runtime.engine.model import LlamaModel
 from runtime.engine.sampler import SamplerChain, SamplerParams, token_logprobs
@@ -527,7 +534,8 @@ class Scheduler:
                 # token, so it is not decoded to sample one (its KV is left out, see jumpforward.py).
                 self._release(slot, "eog")
                 continue
-            slot.draft, slot.draft_forced = forced.tokens, bool(forced.tokens)
+            tokens = forced.tokens if len(forced.tokens) >= FORCED_MIN_TOKENS else []
+            slot.draft, slot.draft_forced = tokens, bool(tokens)
             room -= len(forced.tokens)
             going.append(slot)
         return going, room

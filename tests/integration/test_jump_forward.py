@@ -39,10 +39,12 @@ PYTHON = ToolSpec(
     {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]},
 )
 ENVELOPE = '{"tool_calls": [{"name": "python", "arguments": {'  # what the forced-call grammar forces first
+# Property names long enough to draft (FORCED_MIN_TOKENS): after the model opens one with `"`,
+# the rest of the name up to the closing quote is forced.
 SCHEMA = {
     "type": "object",
-    "properties": {"name": {"type": "string", "maxLength": 40}, "born": {"type": "integer"}},
-    "required": ["name", "born"],
+    "properties": {"full_name": {"type": "string", "maxLength": 40}, "year_of_birth": {"type": "integer"}},
+    "required": ["full_name", "year_of_birth"],
     "additionalProperties": False,
 }
 
@@ -132,7 +134,7 @@ def test_structured_output_is_the_same_and_valid(model: LlamaModel, on: Counted,
         got, _ = on.generate(ask, params, max_tokens=160)
         assert got == off.generate(ask, params, max_tokens=160)[0]
         jsonschema.validate(json.loads(text_of(model, got)), SCHEMA)
-        assert on.scheduler.drafted > drafted  # `{"name": "` is forced
+        assert on.scheduler.drafted > drafted  # `full_name` and `year_of_birth` are forced
 
 
 def test_a_closed_grammar_ends_without_decoding_its_last_token(model: LlamaModel, on: Counted, off: Counted) -> None:
