@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import llama_cpp
 import numpy as np
 
 from runtime.engine.model import LlamaModel, token_piece, tokenize
@@ -64,6 +65,8 @@ class ForcedText:
     def __init__(self, model: LlamaModel) -> None:
         self.vocab = model.vocab
         self.is_eog = model.is_eog
+        eos = int(llama_cpp.llama_vocab_eos(model.vocab))
+        self.eos = eos if eos >= 0 else int(llama_cpp.llama_vocab_eot(model.vocab))  # -1: neither
         chars, ids = bytearray(), []
         for code in (9, 10, 13, *range(32, 127)):
             tokens = model.tokenize(chr(code), add_special=False, parse_special=False)
@@ -93,12 +96,16 @@ class ForcedText:
                 text.append(self.char_of[token])
                 probe.accept(token)
                 allowed = self._chars.allowed(probe)
+            # Where no single character follows, the grammar either ends (an end token is
+            # allowed) or goes on with a character outside ASCII, which the last token may
+            # merge with (`caf` + `é` as `café`).
+            at_end = len(allowed) == 0 and self.eos >= 0 and probe.allows(self.eos)
         finally:
             probe.close()
         tokens = tokenize(self.vocab, text.decode("ascii"), add_special=False, parse_special=False)
         if b"".join(token_piece(self.vocab, t) for t in tokens) != bytes(text):
             return ForcedDraft([], False)  # a tokenizer that adds a prefix space: no clean draft
-        if len(allowed) > 0:
+        if not at_end:
             tokens = tokens[:-1]  # ends at a branch (or the limit): the last token may merge on
         return ForcedDraft(tokens[:max_tokens], False)
 

@@ -199,6 +199,20 @@ def test_no_single_character_allowed_is_not_the_end(model: LlamaModel, forced: F
         grammar.close()
 
 
+def test_forced_text_before_a_non_ascii_character_holds_its_last_token_back(
+    model: LlamaModel, forced: ForcedText
+) -> None:
+    # `"Z` + `ü` may be one token for the model: only what comes before the last token is sure.
+    grammar = GrammarMatcher(model.vocab, 'root ::= "{\\"city\\": \\"Zürich\\"}"')
+    try:
+        text = '{"city": "Z'
+        draft = forced.draft(grammar, 32)
+        assert not draft.ends and draft.tokens
+        assert draft.tokens == model.tokenize(text, add_special=False)[:-1]
+    finally:
+        grammar.close()
+
+
 def test_optional_space_is_a_branch(model: LlamaModel, forced: ForcedText) -> None:
     grammar = GrammarMatcher(model.vocab, schema_grammar(SCHEMA, strict=True))
     try:
