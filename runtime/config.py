@@ -52,7 +52,7 @@ class EngineConfig:
     spec_ngram: bool = False
     draft_max: int = 8
     # Jump-forward decoding (runtime/engine/jumpforward.py): text a grammar forces is decoded as
-    # a draft, many tokens a step, and a sequence whose grammar can only end stops at once.
+    # a draft, many tokens a step, verified like a speculative one.
     jump_forward: bool = True
     # `--determinism`: how far greedy/seeded output is kept independent of batching and the
     # prompt cache (runtime/engine/scheduler.py, DETERMINISM); None: "prompt" on a CPU-only build.

@@ -19,15 +19,12 @@ one; verification makes that harmless.) The text is then tokenized; where it end
 of the grammar its last token is dropped, since the model may merge it with what follows
 (`"` and `:` as `":`).
 
-When nothing but the end of generation can follow (a call's closing `]}`), `draft` says so and
-the scheduler ends the sequence without decoding its last token to sample an end token the
-grammar leaves no choice about. The KV then lacks that last token, as after a stop string;
-a next round's prompt decodes it with the rest.
+(Ending a sequence whose grammar allows only an end token without decoding its last token
+would save one step per call here, but the KV would then lack that token, and the agent
+loop's next round relies on the KV holding every token sampled. It is not done.)
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import llama_cpp
 import numpy as np
@@ -52,19 +49,12 @@ FORCED_MIN_RATE = 0.5
 FORCED_PRIOR_KEPT, FORCED_PRIOR_REJECTED = 19.0, 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class ForcedDraft:
-    tokens: list[int]  # the forced text's tokens, at most the number asked for
-    ends: bool  # nothing but the end of generation can follow (then `tokens` is empty)
-
-
 class ForcedText:
     """Finds the text a grammar state forces, for one model's vocabulary. Not thread-safe:
     the scheduler's decode thread owns it."""
 
     def __init__(self, model: LlamaModel) -> None:
         self.vocab = model.vocab
-        self.is_eog = model.is_eog
         eos = int(llama_cpp.llama_vocab_eos(model.vocab))
         self.eos = eos if eos >= 0 else int(llama_cpp.llama_vocab_eot(model.vocab))  # -1: neither
         chars, ids = bytearray(), []
@@ -76,17 +66,15 @@ class ForcedText:
         self.chars = bytes(chars)
         self.char_of = dict(zip(ids, chars, strict=True))
         self._chars = Candidates(model.n_vocab, np.array(ids, dtype=np.int32))
-        self._vocab = Candidates(model.n_vocab)  # for the rare whole-vocabulary check
 
-    def draft(self, grammar: GrammarMatcher, max_tokens: int) -> ForcedDraft:
+    def draft(self, grammar: GrammarMatcher, max_tokens: int) -> list[int]:
         """The forced continuation of `grammar`'s state as at most `max_tokens` tokens (none
-        when max_tokens <= 0 or nothing is forced), and whether only the end of generation can
-        follow. The grammar's state does not move."""
+        when max_tokens <= 0 or nothing is forced). The grammar's state does not move."""
+        if max_tokens <= 0:
+            return []
         allowed = self._chars.allowed(grammar)
-        if len(allowed) == 0:
-            return ForcedDraft([], self._only_end(grammar))
-        if len(allowed) > 1 or max_tokens <= 0:
-            return ForcedDraft([], False)
+        if len(allowed) != 1:
+            return []
         text = bytearray()
         limit = max_tokens * CHARS_PER_TOKEN
         probe = grammar.copy()
@@ -104,13 +92,7 @@ class ForcedText:
             probe.close()
         tokens = tokenize(self.vocab, text.decode("ascii"), add_special=False, parse_special=False)
         if b"".join(token_piece(self.vocab, t) for t in tokens) != bytes(text):
-            return ForcedDraft([], False)  # a tokenizer that adds a prefix space: no clean draft
+            return []  # a tokenizer that adds a prefix space: no clean draft
         if not at_end:
             tokens = tokens[:-1]  # ends at a branch (or the limit): the last token may merge on
-        return ForcedDraft(tokens[:max_tokens], False)
-
-    def _only_end(self, grammar: GrammarMatcher) -> bool:
-        """No single character can follow: check the whole vocabulary (a non-ASCII character
-        may still be allowed) and say whether only end-of-generation tokens are."""
-        allowed = self._vocab.allowed(grammar)
-        return len(allowed) > 0 and all(self.is_eog(int(t)) for t in allowed)
+        return tokens[:max_tokens]

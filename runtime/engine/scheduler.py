@@ -443,7 +443,7 @@ class Scheduler:
             generating.append(slot)
         room = self.batch_size - 2 * len(generating)  # draft rows: prompts and padding keep some
         if self.forced is not None:
-            generating, room = self._jump_forward(generating, room)
+            room = self._jump_forward(generating, room)
         drafting, drafted = 0.0, 0
         if self.drafter is not None:
             drafting = time.perf_counter()
@@ -511,34 +511,23 @@ class Scheduler:
             overhead = time.perf_counter() - started - decoding - drafting
             self.draft_length.observe(n, decoding, overhead, drafted, drafting)
 
-    def _jump_forward(self, slots: list[Slot], room: int) -> tuple[list[Slot], int]:
+    def _jump_forward(self, slots: list[Slot], room: int) -> int:
         """Give each generating slot whose grammar forces text next that text as its draft
-        (jumpforward.py), while the slot's forced drafts are mostly kept; end, without
-        decoding its last token, each slot whose grammar allows only the end of generation.
-        Returns the slots still generating and the draft rows left in the batch."""
+        (jumpforward.py), while the slot's forced drafts are mostly kept. Returns the draft
+        rows left in the batch."""
         assert self.forced is not None
-        going = []
         for slot in slots:
             job, sampler = slot.job, slot.sampler
             assert job is not None and sampler is not None
             slot.draft_forced = False
-            if sampler.grammar is None:
-                going.append(slot)
+            if sampler.grammar is None or slot.forced.rate < FORCED_MIN_RATE:
                 continue
             k = min(FORCED_MAX, job.max_tokens - slot.generated - 1, self.ctx_size - len(slot.tokens) - 2, room)
-            if slot.forced.rate < FORCED_MIN_RATE:
-                k = 0
-            forced = self.forced.draft(sampler.grammar, k)
-            if forced.ends:
-                # The token sampled last closes the grammar: the next could only be an end
-                # token, so it is not decoded to sample one (its KV is left out, see jumpforward.py).
-                self._release(slot, "eog")
-                continue
-            tokens = forced.tokens if len(forced.tokens) >= FORCED_MIN_TOKENS else []
-            slot.draft, slot.draft_forced = tokens, bool(tokens)
-            room -= len(forced.tokens)
-            going.append(slot)
-        return going, room
+            tokens = self.forced.draft(sampler.grammar, k)
+            if len(tokens) >= FORCED_MIN_TOKENS:
+                slot.draft, slot.draft_forced = tokens, True
+                room -= len(tokens)
+        return room
 
     def _draft(self, slots: list[Slot], room: int) -> None:
         """Give each generating slot its draft for this step (`Slot.draft`): as long as its
