@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from runtime.agent import AgentLimits, run_agent
 from runtime.config import ServerConfig
-from runtime.engine.base import Engine, EngineStats
+from runtime.engine.base import Engine, EngineStats, LoadStopped, stop_loading
 from runtime.errors import ModelNotReady
 from runtime.events import Event
 from runtime.images import has_images, resolve_images
@@ -75,6 +75,8 @@ class Runtime:
     async def _load(self) -> None:
         try:
             self.engine = await asyncio.to_thread(self.engine_factory)
+        except LoadStopped:
+            log.info("model loading stopped: the server is shutting down")
         except Exception as exc:
             self.load_error = str(exc)
             log.error("the model failed to load: %s", exc)
@@ -86,6 +88,8 @@ class Runtime:
         `ServerShuttingDown` (each dialect's in-band error), never as a finished answer."""
         if self.engine is not None:
             self.engine.drain()
+        elif self._loading is not None and not self._loading.done():
+            stop_loading()
 
     async def close(self) -> None:
         if self._loading is not None:

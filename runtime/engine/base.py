@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from runtime.errors import EngineFailure
 from runtime.events import Event
 from runtime.ir import ChatRequest
+
+
+class LoadStopped(EngineFailure):
+    """Loading was stopped by `stop_loading` (the server is shutting down)."""
+
+
+_stop_loading = threading.Event()
+
+
+def stop_loading() -> None:
+    """Shutdown: make model loads in progress (and any later one) stop at llama.cpp's next
+    progress report, and the start-up measurements at their next step; they raise LoadStopped.
+    A load cannot be interrupted otherwise (it runs in a thread), and a big GGUF takes minutes."""
+    _stop_loading.set()
+
+
+def loading_stopped() -> bool:
+    return _stop_loading.is_set()
+
+
+def check_loading() -> None:
+    """Raise LoadStopped once `stop_loading` was called (long start-up work checks between steps)."""
+    if _stop_loading.is_set():
+        raise LoadStopped("stopped while loading: the server is shutting down")
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import llama_cpp
 
+from runtime.engine.base import check_loading, loading_stopped
 from runtime.errors import EngineFailure
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,14 @@ class LlamaModel:
             if decile != last_decile[0]:
                 last_decile[0] = decile
                 log.info("loading %s: %d%%", path.name, decile * 10)
-            return True
+            return not loading_stopped()  # False makes llama.cpp abandon the load
 
         params.progress_callback = progress
         self._progress = progress  # keep the callback alive while llama.cpp may call it
+        check_loading()
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:
+            check_loading()
             hint = " or too big for the GPU: try a smaller --n-gpu-layers" if self.gpu_offload and n_gpu_layers else ""
             raise ModelLoadError(f"llama.cpp could not load {path} (not a valid GGUF file?{hint})")
         self.path = path

@@ -39,6 +39,7 @@ import llama_cpp
 import numpy as np
 
 from runtime.config import EngineConfig
+from runtime.engine.base import check_loading
 from runtime.engine.kvcache import common_prefix
 from runtime.engine.model import LlamaModel, ModelLoadError
 from runtime.errors import EngineFailure
@@ -248,6 +249,7 @@ def measure_row_costs(
         raise EngineFailure("llama_decode failed while measuring draft costs")
     times = []
     for r in range(1, rows + 1):
+        check_loading()  # up to a minute in all at --draft-max 32 on a slow CPU
         best = math.inf
         for _ in range(MEASURE_REPEATS):
             _fill(batch, list(range(r)), context, seq_id, logits=True)

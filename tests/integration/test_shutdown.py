@@ -5,19 +5,22 @@ The dialect details are in tests/unit/test_shutdown_streams.py (FakeEngine)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
-from tests.servers import CliServer, toolstudio
+from tests.servers import CliServer, free_port, toolstudio
 
 LONG = "Write a very long story about a lighthouse keeper, with many chapters."
 
@@ -125,3 +128,36 @@ def test_sigterm_mid_stream_ends_every_dialect_as_cut(tmp_path: Path) -> None:
         assert "message_stop" not in cut.seen and "message_delta" not in cut.seen
     finally:
         server.stop()
+
+
+def test_sigterm_while_the_engine_loads_stops_the_server_at_once(tmp_path: Path) -> None:
+    # The start-up measurement of 1..33-row decodes on one thread (speculative decoding) takes
+    # many seconds; the model's own load (llama.cpp's progress callback) stops the same way.
+    # Before, the server finished loading and measuring before it exited.
+    server = CliServer(tmp_path, args=("--threads", "1", "--spec", "ngram", "--draft-max", "32"))
+    server.port = free_port()
+    env = {**os.environ, "TOOLSTUDIO_HOME": str(tmp_path)}
+    with (tmp_path / "server.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [*server.launcher, "run", "-p", str(server.port), *server.args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "100%" not in server.log():  # the model is loaded: the measurement runs now
+            assert proc.poll() is None and time.monotonic() < deadline, server.log()[-2000:]
+            time.sleep(0.05)
+        assert httpx.get(f"{server.base_url}/health", timeout=5).json()["status"] == "loading"
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        took = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert took < 10, f"exited {took:.1f} s after SIGTERM"
+    assert "speculative decoding with" not in server.log(), "the start-up measurement ran to its end after SIGTERM"
+    assert "model loading stopped" in server.log()
