@@ -33,11 +33,12 @@ import llama_cpp
 from runtime.config import EngineConfig
 from runtime.engine.jumpforward import (
     FORCED_MAX,
-    FORCED_MIN_RATE,
     FORCED_MIN_TOKENS,
-    FORCED_PRIOR_KEPT,
-    FORCED_PRIOR_REJECTED,
+    ROW_COST_CPU,
+    ROW_COST_GPU,
+    ForcedAcceptance,
     ForcedText,
+    forced_draft_pays,
 )
 from runtime.engine.kvcache import HostCache, common_prefix
 from runtime.engine.model import LlamaModel
@@ -125,10 +126,6 @@ class SequenceJob:
     fork_of: SequenceJob | None = None
 
 
-def _forced_prior() -> Acceptance:
-    return Acceptance(FORCED_PRIOR_KEPT, FORCED_PRIOR_REJECTED)
-
-
 def _submission_order(slot: Slot) -> tuple[int, float]:
     job = slot.job
     assert job is not None
@@ -152,7 +149,7 @@ class Slot:
     acceptance: Acceptance = field(default_factory=Acceptance)  # of this job's drafts so far
     undrafted: int = 0  # steps since this job's last draft
     draft_forced: bool = False  # this step's draft is grammar-forced text (jumpforward.py)
-    forced: Acceptance = field(default_factory=lambda: _forced_prior())  # of this job's forced drafts
+    forced: ForcedAcceptance = field(default_factory=ForcedAcceptance)  # of this job's forced drafts
 
 
 class Scheduler:
@@ -202,6 +199,7 @@ class Scheduler:
         self.draft_length: DraftLength | None = None
         self.drafted = self.accepted = 0  # draft tokens proposed and kept, since start
         self.forced = ForcedText(model) if config.jump_forward else None
+        self.row_cost = ROW_COST_GPU if model.gpu_offload and config.n_gpu_layers != 0 else ROW_COST_CPU
         if config.draft_model_path is not None or config.spec_ngram:
             self._start_speculation(config)
 
@@ -334,7 +332,7 @@ class Scheduler:
             slot.todo = job.prompt[keep:]
             slot.job, slot.cached, slot.generated, slot.next_token = job, keep, 0, None
             slot.draft, slot.acceptance, slot.undrafted = [], Acceptance(), 0
-            slot.draft_forced, slot.forced = False, _forced_prior()
+            slot.draft_forced, slot.forced = False, ForcedAcceptance()
             job.cached = keep
             job.admitted = next(self._admissions)
             slot.scope = job.scope
@@ -513,14 +511,14 @@ class Scheduler:
 
     def _jump_forward(self, slots: list[Slot], room: int) -> int:
         """Give each generating slot whose grammar forces text next that text as its draft
-        (jumpforward.py), while the slot's forced drafts are mostly kept. Returns the draft
-        rows left in the batch."""
+        (jumpforward.py), while as much of its forced drafts is kept as makes them pay beside
+        the step's other streams (`forced_draft_pays`). Returns the draft rows left in the batch."""
         assert self.forced is not None
         for slot in slots:
             job, sampler = slot.job, slot.sampler
             assert job is not None and sampler is not None
             slot.draft_forced = False
-            if sampler.grammar is None or slot.forced.rate < FORCED_MIN_RATE:
+            if sampler.grammar is None or not forced_draft_pays(slot.forced.kept, len(slots), self.row_cost):
                 continue
             k = min(FORCED_MAX, job.max_tokens - slot.generated - 1, self.ctx_size - len(slot.tokens) - 2, room)
             tokens = self.forced.draft(sampler.grammar, k)

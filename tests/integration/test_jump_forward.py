@@ -20,7 +20,7 @@ import pytest
 
 from runtime.config import EngineConfig
 from runtime.engine.grammar import schema_grammar
-from runtime.engine.jumpforward import ForcedText
+from runtime.engine.jumpforward import ROW_COST_CPU, ROW_COST_GPU, ForcedAcceptance, ForcedText, forced_draft_pays
 from runtime.engine.model import LlamaModel
 from runtime.engine.sampler import GrammarMatcher, SamplerParams
 from runtime.engine.scheduler import Scheduler, SequenceJob
@@ -195,6 +195,43 @@ def test_forced_text_before_a_non_ascii_character_holds_its_last_token_back(
         assert draft and draft == model.tokenize(text, add_special=False)[:-1]
     finally:
         grammar.close()
+
+
+def test_markers_are_drafted_as_the_control_tokens_and_end_tokens_never(model: LlamaModel, forced: ForcedText) -> None:
+    start = model.tokenize("<|im_start|>", add_special=False)
+    assert len(start) == 1 and not model.is_eog(start[0])
+    # A marker then a branch: the marker is one control token, which nothing merges with.
+    grammar = GrammarMatcher(model.vocab, 'root ::= "<|im_start|>" [a-z]+')
+    try:
+        assert forced.draft(grammar, 8) == start
+    finally:
+        grammar.close()
+    # Forced text that runs into an end token: drafted up to it (the end token ends the output).
+    grammar = GrammarMatcher(model.vocab, 'root ::= "{\\"done\\": true}<|im_end|>"')
+    try:
+        draft = forced.draft(grammar, 16)
+        assert text_of(model, draft) == '{"done": true}' and not any(model.is_eog(t) for t in draft)
+    finally:
+        grammar.close()
+
+
+def test_forced_drafts_stop_where_they_do_not_pay() -> None:
+    # One stream on a CPU: a draft pays when 40 % of it is kept; eight streams need 84 %.
+    assert forced_draft_pays(0.5, 1, ROW_COST_CPU) and not forced_draft_pays(0.35, 1, ROW_COST_CPU)
+    assert forced_draft_pays(0.9, 8, ROW_COST_CPU) and not forced_draft_pays(0.8, 8, ROW_COST_CPU)
+    assert forced_draft_pays(0.4, 8, ROW_COST_GPU)  # rows next to free on a GPU
+    # A model that spells the forced text its own way keeps ~1 token of each 16-token draft:
+    # the prior (0.9) gives it one draft, then drafting stops.
+    share = ForcedAcceptance()
+    drafts = 0
+    while forced_draft_pays(share.kept, 1, ROW_COST_CPU):
+        share.update(drafted=16, kept=1)
+        drafts += 1
+    assert drafts == 1
+    kept_whole = ForcedAcceptance()
+    for _ in range(50):
+        kept_whole.update(drafted=16, kept=16)
+    assert forced_draft_pays(kept_whole.kept, 8, ROW_COST_CPU)
 
 
 def test_optional_space_is_a_branch(model: LlamaModel, forced: ForcedText) -> None:
