@@ -16,7 +16,8 @@ kernel is set back to niceness 0 (as root; without root it keeps niceness 10, th
 started at). The niceness is also that of the sandbox's scheduler autogroup (kernel.py,
 `_set_autogroup_nice`): bwrap makes each sandbox a session of its own, and Linux shares the CPU
 fairly between sessions' autogroups before niceness counts, so a spare booting at niceness 19
-alone still took half the CPU (an agent turn's first prefill took 260-300 ms instead of ~110). Each spare holds an idle kernel (about 50 MiB) and a disk image (sparse) until used.
+alone still took half the CPU (an agent turn's first prefill took 260-300 ms instead of ~110).
+Each spare holds an idle kernel (about 50 MiB) and a disk image (sparse) until used.
 
 Not handed a spare: a restored session (its files are back, so its kernel starts on first use
 as before), any session while no spare is ready, and every session in unsafe mode (no sandbox).

@@ -90,7 +90,6 @@ class ForcedText:
             if len(tokens) == 1 and model.piece(tokens[0]) == bytes([code]):
                 chars.append(code)
                 ids.append(tokens[0])
-        self.chars = bytes(chars)
         self.char_of = dict(zip(ids, chars, strict=True))
         self._chars = Candidates(model.n_vocab, np.array(ids, dtype=np.int32))
 

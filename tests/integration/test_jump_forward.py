@@ -27,7 +27,6 @@ from runtime.engine.scheduler import Scheduler, SequenceJob
 from runtime.engine.toolcalls.formats import GenericFormat
 from runtime.engine.toolcalls.generic import tools_prompt
 from runtime.ir import ToolChoice, ToolSpec
-from runtime.model_source import embedded_model
 from tests.integration.test_scheduler import GREEDY, Collector, prompt
 from tests.servers import CliServer, toolstudio
 
@@ -47,13 +46,6 @@ SCHEMA = {
     "required": ["full_name", "year_of_birth"],
     "additionalProperties": False,
 }
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
-    loaded = LlamaModel(embedded_model())
-    yield loaded
-    loaded.close()
 
 
 class Counted:

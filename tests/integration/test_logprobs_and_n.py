@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import queue
-from collections.abc import Iterator
 
 import openai
 import pytest
@@ -14,7 +13,6 @@ from runtime.config import EngineConfig
 from runtime.engine.model import LlamaModel
 from runtime.engine.sampler import SamplerParams
 from runtime.engine.scheduler import Done, Scheduler, SequenceJob, Token
-from runtime.model_source import embedded_model
 
 pytestmark = pytest.mark.integration
 
@@ -108,13 +106,6 @@ def test_n_above_max_n_is_400(oai: openai.OpenAI) -> None:
 
 
 # -- the KV copy, at the scheduler --------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
-    loaded = LlamaModel(embedded_model())
-    yield loaded
-    loaded.close()
 
 
 def _run_choices(sched: Scheduler, prompt: list[int], n: int) -> list[tuple[list[int], Done]]:

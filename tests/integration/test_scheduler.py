@@ -17,19 +17,11 @@ from runtime.engine.model import LlamaModel
 from runtime.engine.sampler import SamplerParams
 from runtime.engine.scheduler import Done, Scheduler, SequenceJob, Token
 from runtime.errors import Overloaded
-from runtime.model_source import embedded_model
 
 pytestmark = pytest.mark.integration
 
 GREEDY = SamplerParams(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0)
 DIGITS = 'root ::= [0-9]+ " " [0-9]+'
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
-    loaded = LlamaModel(embedded_model())
-    yield loaded
-    loaded.close()
 
 
 @pytest.fixture

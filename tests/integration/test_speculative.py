@@ -51,13 +51,6 @@ SCHEMA = {
 }
 
 
-@pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
-    loaded = LlamaModel(embedded_model())
-    yield loaded
-    loaded.close()
-
-
 def scheduler(model: LlamaModel, **spec: object) -> Scheduler:
     """With speculation, drafts always pay here (a flat cost table): these tests check that
     verification keeps the output, whatever this machine's measured costs would choose."""
